@@ -1,0 +1,10 @@
+"""Execution backends. Each module registers itself; importing this package registers them all.
+
+    reference  float64 definition (tests, debugging; never picked by "auto")
+    tiled      direct path in torch ops, any device, bounded memory
+"""
+from . import registry
+from .registry import Backend, Call, register, select
+from . import builtin  # noqa: F401  (registers reference and tiled)
+
+__all__ = ["Backend", "Call", "register", "select", "registry"]

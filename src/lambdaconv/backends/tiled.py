@@ -1,0 +1,187 @@
+"""The direct path in torch ops: evaluate the op tile by tile and reduce, any device.
+
+Never materializes the (N, O, C*K, P) taps tensor: each tile's (Ot, Mt, CK) taps live only
+inside one loop step, so memory is bounded by tiles.TILE_ELEMENTS whatever the input size. The
+backward recomputes each tile and applies the op's symbolic partials (ir.grad), weighted by the
+reduction: 1 (sum), 1/count (mean), softmax (logsumexp); max/min gather the winning tap saved by
+the forward and do O(outputs) work.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..geometry import Geometry, pad_input, valid_taps, windows
+from ..ir import OpSpec, evaluate, evaluate_many
+from ..reference import IDENTITY
+from .tiles import read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed (and accumulated) in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Ctx:
+    """What forward and backward share for one call: geometry, op, weights per group, masks."""
+
+    def __init__(self, spec: OpSpec, g: Geometry, reduce: str, names, wts, device, ct):
+        self.spec, self.g, self.reduce, self.names, self.ct = spec, g, reduce, names, ct
+        og, ck = g.cout_per_group, g.cin_per_group * g.taps
+        # Every weight expanded to (O, Cg*K), so a tile's weights are rows of one matrix.
+        self.w = {n: w.to(ct).expand((g.out_channels, g.cin_per_group) + g.kernel).reshape(g.out_channels, ck)
+                  for n, w in zip(names, wts)}
+        self.valid = None
+        if g.padding_mode == "ignore" and any(lo or hi for lo, hi in g.pad):
+            self.valid = valid_taps(g, device)
+        self.og = og
+
+    def tile_weights(self, t):
+        return {n: w[t.o][:, None, :] for n, w in self.w.items()}  # (Ot, 1, CK)
+
+    def count(self, t, device):
+        """Taps per output row for "mean": Cg*K, or the valid ones under "ignore" padding."""
+        g = self.g
+        if self.valid is None:
+            return torch.full((t.rows(g),), g.cin_per_group * g.taps, dtype=self.ct, device=device)
+        return tile_valid(self.valid, t, g).sum(1).to(self.ct)
+
+
+def _full(v: torch.Tensor, shape) -> torch.Tensor:
+    return v.expand(shape) if v.shape != shape else v
+
+
+def _masked(taps, t, c: _Ctx, fill):
+    if c.valid is None:
+        return taps
+    return torch.where(tile_valid(c.valid, t, c.g).to(taps.device), taps, fill)
+
+
+class TiledConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, spec, g, reduce, names, *wts):
+        ct = compute_dtype(x.dtype)
+        c = _Ctx(spec, g, reduce, names, wts, x.device, ct)
+        win = windows(pad_input(x.to(ct), g), g)
+        y = torch.empty((g.batch, g.out_channels) + g.out_size, dtype=ct, device=x.device)
+        arg = None
+        if reduce in ("max", "min"):
+            arg = torch.empty(y.shape, dtype=torch.int64, device=x.device)
+        for t in tiles(g):
+            cols = tile_cols(win, t, g)[None]  # (1, Mt, CK)
+            taps = evaluate(spec.expr, cols, c.tile_weights(t), dtype=ct)
+            shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
+            taps = _masked(_full(taps, shape), t, c, IDENTITY[reduce])
+            if reduce == "sum":
+                r = taps.sum(-1)
+            elif reduce == "mean":
+                r = taps.sum(-1) / c.count(t, x.device)
+            elif reduce == "logsumexp":
+                r = torch.logsumexp(taps, -1)
+            else:
+                r, i = taps.max(-1) if reduce == "max" else taps.min(-1)
+                write_tile(arg, t, g, i)
+            write_tile(y, t, g, r)
+        ctx.c = c
+        # logsumexp's backward needs the reduced value itself (softmax = exp(tap - y)), before bias.
+        ctx.save_for_backward(x, y if reduce == "logsumexp" else None, arg)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.w_meta = [(w.shape, w.dtype) for w in wts]
+        if bias is not None:
+            y = y + bias.to(ct).reshape((1, -1) + (1,) * g.dims)
+        return y.to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, y, arg = ctx.saved_tensors
+        c = ctx.c
+        g, ct = c.g, c.ct
+        gy = gy.to(ct)
+        need_x = ctx.needs_input_grad[0]
+        xr = x.detach().to(ct).requires_grad_(need_x)
+        with torch.enable_grad():
+            xp = pad_input(xr, g)
+        gxp = torch.zeros(xp.shape, dtype=ct, device=x.device)
+        gw = {n: torch.zeros_like(w) for n, w in c.w.items()}
+        win = windows(xp.detach(), g)
+        if c.reduce in ("max", "min"):
+            _backward_select(c, win, gxp, gw, gy, arg)
+        else:
+            _backward_dense(c, win, gxp, gw, gy, y, ctx)
+        gx = None
+        if need_x:
+            (gx,) = torch.autograd.grad(xp, xr, gxp)
+            gx = gx.to(x.dtype)
+        gb = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
+            gb = gy.sum([0] + list(range(2, 2 + g.dims))).to(ctx.bias_dtype)
+        gws = []
+        for (shape, dtype), n, need in zip(ctx.w_meta, c.names, ctx.needs_input_grad[6:]):
+            if not need:
+                gws.append(None)
+                continue
+            full = gw[n].reshape((g.out_channels, g.cin_per_group) + g.kernel)
+            gws.append(full.sum_to_size(shape).to(dtype))
+        return (gx, gb, None, None, None, None, *gws)
+
+
+def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
+    """sum / mean / logsumexp: per tile, s = upstream x reduction weight; grads = sum s * partials."""
+    g, spec, ct = c.g, c.spec, c.ct
+    partials = spec.partials()  # (d/dx, d/dw...)
+    gwin = windows(gxp, g)
+    for t in tiles(g):
+        cols = tile_cols(win, t, g)[None]
+        ot, mt, ck = t.o.stop - t.o.start, t.rows(g), cols.shape[-1]
+        shape = (ot, mt, ck)
+        gt = read_tile(gy, t, g)  # (Ot, Mt)
+        exprs = list(partials) + ([spec.expr] if c.reduce == "logsumexp" else [])
+        vals = evaluate_many(exprs, cols, c.tile_weights(t), dtype=ct)
+        if c.reduce == "mean":
+            gt = gt / c.count(t, gt.device)
+        if c.reduce == "logsumexp":
+            yt = read_tile(y, t, g)
+            s = gt[:, :, None] * torch.exp(_full(vals[-1], shape) - yt[:, :, None])
+        else:
+            s = gt[:, :, None]
+        if ctx.needs_input_grad[0]:
+            gcols = _masked(_full(s * vals[0], shape), t, c, 0.0).sum(0)
+            scatter_cols(gwin, t, g, gcols)
+        for n, pw, need in zip(c.names, vals[1:1 + len(c.names)], ctx.needs_input_grad[6:]):
+            if not need:
+                continue
+            if c.reduce != "logsumexp" and c.valid is None and pw.shape == shape:
+                gw[n][t.o] += torch.bmm(gt[:, None, :], pw).squeeze(1)  # sum over Mt as a matmul
+            else:
+                gw[n][t.o] += _masked(_full(s * pw, shape), t, c, 0.0).sum(1)
+
+
+def _backward_select(c: _Ctx, win, gxp, gw, gy, arg):
+    """max / min: the gradient goes to the one winning tap per output (O(outputs) work)."""
+    g, ct = c.g, c.ct
+    d, cg, K = g.dims, g.cin_per_group, g.taps
+    dev = gy.device
+    N, O, P = g.batch, g.out_channels, g.positions
+    a = arg.reshape(N, O, P)
+    ci, ki = a // K, a % K  # in-channel within the group, kernel offset
+    o_idx = torch.arange(O, device=dev).reshape(1, O, 1)
+    c_idx = (o_idx // c.og) * cg + ci  # global input channel
+    n_idx = torch.arange(N, device=dev).reshape(N, 1, 1)
+    pos = torch.arange(P, device=dev)
+    out_multi = torch.unravel_index(pos, g.out_size)
+    k_multi = torch.unravel_index(ki, g.kernel)
+    xv = win[(n_idx, c_idx) + tuple(m.reshape(1, 1, P) for m in out_multi) + tuple(k_multi)]
+    wv = {n: w[o_idx, a] for n, w in c.w.items()}  # (N, O, P)
+    vals = evaluate_many(list(c.spec.partials()), xv, wv, dtype=ct)
+    gyf = gy.reshape(N, O, P)
+    if c.valid is not None:  # a window with no valid tap selected a padded one: no gradient
+        gyf = torch.where(c.valid[ki, pos.reshape(1, 1, P)], gyf, 0.0)
+    # padded-input coordinates of each winner: p * stride + k * dilation per dim
+    lin = n_idx * g.in_channels + c_idx
+    for i in range(d):
+        coord = out_multi[i].reshape(1, 1, P) * g.stride[i] + k_multi[i] * g.dilation[i]
+        lin = lin * g.padded_size[i] + coord
+    gxp.view(-1).index_add_(0, lin.reshape(-1), _full(gyf * vals[0], gyf.shape).reshape(-1))
+    for n, pw in zip(c.names, vals[1:]):
+        flat = (o_idx * (cg * K) + a).reshape(-1)
+        gw[n].view(-1).index_add_(0, flat, _full(gyf * pw, gyf.shape).reshape(-1))

@@ -1,0 +1,137 @@
+"""lc.conv1d / conv2d / conv3d: validate everything, then hand the call to one backend.
+
+Every check runs before any kernel: wrong types raise TypeError, wrong values ValueError, with
+the op and the shapes appended so that the message says which call failed (einops style).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import backends
+from .geometry import make_geometry
+from .ir import resolve_op, resolve_reduce
+
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def conv1d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           reduce=None, padding_mode="zeros", backend="auto"):
+    """1-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
+
+    See conv2d; weights broadcast to (out_channels, in_channels/groups, kL)."""
+    return convnd(1, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+
+
+def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           reduce=None, padding_mode="zeros", backend="auto"):
+    """2-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
+
+    y[n, o, p] = REDUCE over (c in o's group, k in window) of
+                 op(x_pad[n, c, p*stride + k*dilation], w[o, c, k] for each weight) + bias[o]
+
+    Args:
+        input: (N, C, H, W) or unbatched (C, H, W), float64/32/16 or bfloat16.
+        op: a callable `lambda x, A, B: A * (x - B)`, a string "A*(x-B)" (input named x), or a
+            preset: "linear", "offset", "quadratic", "adder", "l2", "dilation", "erosion".
+        weights: dict name -> tensor broadcastable to (out_channels, in_channels/groups, kH, kW);
+            their broadcast shape gives out_channels and the kernel size.
+        bias: optional (out_channels,), added after the reduction.
+        stride, padding, dilation, groups: as torch.nn.functional.conv2d; padding may be "same".
+        reduce: "sum", "mean", "max", "min", "logsumexp"; None: the preset's, else "sum".
+        padding_mode: "zeros" (padded taps see x = 0 and go through op), "reflect", "replicate",
+            "circular", or "ignore" (padded taps are left out of the reduction).
+        backend: "auto", "tiled", "reference", or another registered backend.
+
+    >>> import torch, lambdaconv as lc
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> w = {"A": torch.randn(4, 3, 3, 3), "B": torch.randn(4, 3, 3, 3)}
+    >>> lc.conv2d(x, "A*(x-B)", w, padding=1).shape
+    torch.Size([2, 4, 8, 8])
+    """
+    return convnd(2, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+
+
+def conv3d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           reduce=None, padding_mode="zeros", backend="auto"):
+    """3-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
+
+    See conv2d; weights broadcast to (out_channels, in_channels/groups, kD, kH, kW)."""
+    return convnd(3, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+
+
+def _context(op, x, weights) -> str:
+    shapes = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(weights, dict) else weights
+    xs = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+    return f"\n  in lambdaconv conv with op={op if isinstance(op, str) else getattr(op, '__name__', op)!r}, " \
+           f"input {xs}, weights {shapes}"
+
+
+def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
+    """Validate a call; returns (x, bias, weights, Call, unbatched). Raises before any kernel."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    spec = resolve_op(op)
+    reduce = resolve_reduce(spec, reduce)
+    backends.registry.check_name(backend)
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"padding_mode must be a string, got {type(padding_mode).__name__}")
+    if input.dtype not in _DTYPES:
+        raise ValueError(f"input dtype {input.dtype} is not supported; use float64, float32, float16 or bfloat16")
+    unbatched = input.dim() == d + 1
+    if input.dim() not in (d + 1, d + 2):
+        raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
+                         f"got a {input.dim()}-D input of shape {tuple(input.shape)}")
+    x = input[None] if unbatched else input
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights must be a dict name -> tensor, got {type(weights).__name__}")
+    missing = [n for n in spec.weight_names if n not in weights]
+    if missing:
+        raise ValueError(f"the op needs weight{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                         f"but weights has {sorted(weights) or 'none'}")
+    extra = [n for n in weights if n not in spec.weight_names]
+    if extra:
+        raise ValueError(f"weights {', '.join(map(repr, extra))} are not used by the op {spec.expr} "
+                         f"(its weights: {', '.join(spec.weight_names) or 'none'})")
+    if not spec.weight_names:
+        raise ValueError(f"the op {spec.expr} has no weights, so out_channels and the kernel size are unknown")
+    ws = {}
+    for n in spec.weight_names:
+        w = weights[n]
+        if isinstance(w, (int, float)) and not isinstance(w, bool):
+            w = torch.tensor(float(w), dtype=x.dtype, device=x.device)
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"weight {n!r} must be a tensor or a number, got {type(w).__name__}")
+        if w.dtype not in _DTYPES:
+            raise ValueError(f"weight {n!r} has dtype {w.dtype}; use a floating dtype")
+        if w.device != x.device:
+            raise ValueError(f"weight {n!r} is on {w.device} but the input is on {x.device}")
+        if w.dim() > d + 2:
+            raise ValueError(f"weight {n!r} has {w.dim()} dims; conv{d}d weights have at most {d + 2} "
+                             f"(out_channels, in_channels/groups, *kernel)")
+        ws[n] = w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
+    try:
+        wshape = torch.broadcast_shapes(*(w.shape for w in ws.values()))
+    except RuntimeError:
+        raise ValueError("weights do not broadcast together: "
+                         + ", ".join(f"{n} {tuple(w.shape)}" for n, w in ws.items())) from None
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (wshape[0],):
+            raise ValueError(f"bias must have shape ({wshape[0]},) (out_channels), got {tuple(bias.shape)}")
+    g = make_geometry(d, tuple(x.shape), tuple(wshape), stride, padding, dilation, groups, padding_mode)
+    call = backends.Call(spec, reduce, g, x.device, x.dtype)
+    return x, bias, ws, call, unbatched
+
+
+def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
+           padding_mode="zeros", backend="auto"):
+    try:
+        x, bias, ws, call, unbatched = prepare(d, input, op, weights, bias, stride, padding, dilation, groups,
+                                               reduce, padding_mode, backend)
+        b = backends.select(backend, call)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{err}{_context(op, input, weights)}") from None
+    y = b.run(x, bias, ws, call)
+    return y[0] if unbatched else y

@@ -1,0 +1,65 @@
+"""Parse a string op ("A*(x-B)", "-abs(x-W)") into the IR. Never eval'd: the AST is walked and
+only numbers, names, arithmetic, comparisons and whitelisted function calls are accepted."""
+from __future__ import annotations
+
+import ast
+import math
+
+from .builders import call
+from .expr import Expr, as_expr, inp, leaves, node, weight
+
+_BIN = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
+_CMP = {ast.Gt: "gt", ast.GtE: "ge", ast.Lt: "lt", ast.LtE: "le", ast.Eq: "eq", ast.NotEq: "ne"}
+_CONSTS = {"pi": math.pi, "e": math.e}
+_MODULES = ("torch", "F", "np", "math")  # torch.abs(x), F.relu(x) are spelled as their function
+
+
+def parse_string(text: str) -> tuple:
+    """(expr, weight_names) for a string op; the input is `x`, weights in order of appearance."""
+    if len(text) > 10_000:
+        raise ValueError("op string is too long")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"cannot parse op {text!r}: {err.msg}") from None
+    expr = as_expr(_walk(tree.body, text))
+    names = leaves(expr, "weight")
+    if not leaves(expr, "input"):
+        raise ValueError(f"op {text!r} does not use the input `x`")
+    return expr, tuple(names)
+
+
+def _walk(n: ast.AST, text: str):
+    if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
+        return as_expr(n.value)
+    if isinstance(n, ast.Name):
+        if n.id == "x":
+            return inp("x")
+        if n.id in _CONSTS:
+            return as_expr(_CONSTS[n.id])
+        if not n.id.isidentifier() or n.id.startswith("_"):
+            raise ValueError(f"op {text!r}: name {n.id!r} is not allowed")
+        return weight(n.id)
+    if isinstance(n, ast.BinOp) and type(n.op) in _BIN:
+        return node(_BIN[type(n.op)], _walk(n.left, text), _walk(n.right, text))
+    if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
+        v = _walk(n.operand, text)
+        return node("neg", v) if isinstance(n.op, ast.USub) else v
+    if isinstance(n, ast.Compare) and len(n.ops) == 1 and type(n.ops[0]) in _CMP:
+        return node(_CMP[type(n.ops[0])], _walk(n.left, text), _walk(n.comparators[0], text))
+    if isinstance(n, ast.Call):
+        fname = _function_name(n.func, text)
+        args = tuple(_walk(a, text) for a in n.args)
+        kwargs = {k.arg: _walk(k.value, text) for k in n.keywords if k.arg is not None}
+        if len(kwargs) != len(n.keywords):
+            raise ValueError(f"op {text!r}: **kwargs is not allowed")
+        return call(fname, args, kwargs)
+    raise ValueError(f"op {text!r}: {type(n).__name__} ({ast.unparse(n)!r}) is not allowed in an op string")
+
+
+def _function_name(f: ast.AST, text: str) -> str:
+    if isinstance(f, ast.Name):
+        return f.id
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in _MODULES:
+        return f.attr
+    raise ValueError(f"op {text!r}: call of {ast.unparse(f)!r} is not allowed")

@@ -1,0 +1,83 @@
+"""OpSpec: an op resolved once (callable, string or preset) into the IR, cached per op."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .expr import Expr
+from .grad import partials
+from .parse import parse_string
+from .trace import trace_callable
+
+REDUCES = ("sum", "mean", "max", "min", "logsumexp")
+
+# name -> (op string, default reduce). Presets name their one weight `weight`, as nn.Conv2d does.
+PRESETS = {
+    "linear": ("weight*x", "sum"),
+    "offset": ("A*(x-B)", "sum"),
+    "quadratic": ("A*x**2 + B*x", "sum"),
+    "adder": ("-abs(x-weight)", "sum"),
+    "l2": ("-(x-weight)**2", "sum"),
+    "dilation": ("x+weight", "max"),
+    "erosion": ("x-weight", "min"),
+}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    expr: Expr  # the op as IR; the input leaf is named "x"
+    weight_names: tuple  # op parameters after the input, in signature / appearance order
+    default_reduce: str  # what reduce=None means for this op
+    source: str  # how the user wrote it, for messages and explain()
+
+    def partials(self) -> tuple:
+        """(d op/dx, d op/dw for each weight), shared across calls."""
+        wrt = (("input", "x"),) + tuple(("weight", w) for w in self.weight_names)
+        return partials(self.expr, wrt)
+
+    def __str__(self):
+        return str(self.expr)
+
+
+@lru_cache(maxsize=256)
+def _from_string(text: str, default_reduce: str, source: str) -> OpSpec:
+    expr, names = parse_string(text)
+    return OpSpec(expr, names, default_reduce, source)
+
+
+_callable_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def resolve_op(op) -> OpSpec:
+    """The OpSpec for `op` (a preset name, an op string, a callable or an OpSpec)."""
+    if isinstance(op, OpSpec):
+        return op
+    if isinstance(op, str):
+        if op in PRESETS:
+            text, red = PRESETS[op]
+            return _from_string(text, red, f"{op!r} preset: {text}")
+        return _from_string(op, "sum", op)
+    if callable(op):
+        try:
+            return _callable_cache[op]
+        except (KeyError, TypeError):
+            pass
+        expr, names = trace_callable(op)
+        spec = OpSpec(expr, names, "sum", getattr(op, "__name__", "op") + f": {expr}")
+        try:
+            _callable_cache[op] = spec
+        except TypeError:
+            pass  # not weak-referenceable: traced again next time
+        return spec
+    raise TypeError(f"op must be a callable, an op string or a preset name, got {type(op).__name__}")
+
+
+def resolve_reduce(spec: OpSpec, reduce) -> str:
+    if reduce is None:
+        return spec.default_reduce
+    if not isinstance(reduce, str):
+        raise TypeError(f"reduce must be a string, got {type(reduce).__name__}")
+    if reduce not in REDUCES:
+        raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(REDUCES)}")
+    return reduce

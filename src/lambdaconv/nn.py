@@ -1,0 +1,155 @@
+"""Conv1d / Conv2d / Conv3d modules: drop-in for nn.ConvNd, plus `op=` (and reduce, init, shapes).
+
+A module only stores its arguments and one nn.Parameter per op weight (named after it) and calls
+the functional conv (unfoldNd style).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Number
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .backends import registry
+from .geometry import PADDING_MODES, _tuple
+from .ir import resolve_op, resolve_reduce
+from .plan import explain
+
+INITS = ("kaiming_uniform", "zeros", "ones", "normal", "uniform")
+
+
+class _ConvNd(nn.Module):
+    _dims = 0
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, op, reduce=None, init=None,
+                 shapes=None, backend="auto"):
+        super().__init__()
+        d = self._dims
+        spec = resolve_op(op)
+        self.op = op  # kept as given: a string or preset pickles with the module
+        self.reduce = resolve_reduce(spec, reduce)
+        registry.check_name(backend)
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {', '.join(PADDING_MODES)}")
+        if not spec.weight_names:
+            raise ValueError(f"the op {spec.expr} has no weights; a layer needs at least one")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _tuple(kernel_size, d, "kernel_size")
+        self.stride = _tuple(stride, d, "stride")
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, d, "padding")
+        self.dilation = _tuple(dilation, d, "dilation")
+        self.padding_mode, self.backend = padding_mode, backend
+        init, shapes = dict(init or {}), dict(shapes or {})
+        for what, table in (("init", init), ("shapes", shapes)):
+            unknown = [k for k in table if k not in spec.weight_names]
+            if unknown:
+                raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, which the op {spec.expr} does not "
+                                 f"have (its weights: {', '.join(spec.weight_names)})")
+        self.init, self.shapes = init, shapes
+        self.weight_names = spec.weight_names
+        factory = {"device": device, "dtype": dtype}
+        for n in spec.weight_names:
+            self.register_parameter(n, nn.Parameter(torch.empty(self._shape(shapes.get(n, "full")), **factory)))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def _shape(self, s) -> tuple:
+        full = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        if s == "full":
+            return full
+        if s == "filter":
+            return (self.out_channels,) + (1,) * (1 + self._dims)
+        if s == "scalar":
+            return ()
+        if isinstance(s, (tuple, list)) and all(isinstance(v, int) for v in s):
+            try:
+                torch.broadcast_shapes(tuple(s), full)
+            except RuntimeError:
+                raise ValueError(f"shape {tuple(s)} does not broadcast to the weight shape {full}") from None
+            return tuple(s)
+        raise ValueError(f"shapes entries are 'full', 'filter', 'scalar' or a tuple, got {s!r}")
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.fan_in)  # what nn.ConvNd's kaiming_uniform_(a=sqrt(5)) gives
+        with torch.no_grad():
+            for n in self.weight_names:
+                p, how = getattr(self, n), self.init.get(n, "kaiming_uniform")
+                if callable(how):
+                    out = how(p)
+                    if isinstance(out, torch.Tensor) and out is not p:
+                        p.copy_(out)
+                elif isinstance(how, Number) and not isinstance(how, bool):
+                    p.fill_(float(how))
+                elif how == "kaiming_uniform":
+                    p.uniform_(-bound, bound)
+                elif how == "zeros":
+                    p.zero_()
+                elif how == "ones":
+                    p.fill_(1.0)
+                elif how == "normal":
+                    p.normal_()
+                elif how == "uniform":
+                    p.uniform_()
+                else:
+                    raise ValueError(f"init for {n!r} must be one of {', '.join(INITS)}, a number or a callable, "
+                                     f"got {how!r}")
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weights = {n: getattr(self, n) for n in self.weight_names}
+        return F.convnd(self._dims, input, self.op, weights, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups, self.reduce, self.padding_mode, self.backend)
+
+    def explain(self):
+        """The plan this layer runs with (see lambdaconv.explain)."""
+        return explain(self.op, self.reduce)
+
+    def extra_repr(self) -> str:
+        op = self.op if isinstance(self.op, str) else str(resolve_op(self.op).expr)
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"op={op!r}, reduce={self.reduce!r}")
+        if self.padding not in ((0,) * self._dims, "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self._dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class Conv1d(_ConvNd):
+    """1-d lambdaconv layer; arguments as nn.Conv1d plus op, reduce, init, shapes, backend."""
+    _dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-d lambdaconv layer; arguments as nn.Conv2d plus op, reduce, init, shapes, backend.
+
+    >>> import torch, lambdaconv as lc
+    >>> layer = lc.Conv2d(3, 8, 3, padding=1, op=lambda x, A, B: A * (x - B))
+    >>> layer(torch.randn(2, 3, 16, 16)).shape
+    torch.Size([2, 8, 16, 16])
+    """
+    _dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-d lambdaconv layer; arguments as nn.Conv3d plus op, reduce, init, shapes, backend."""
+    _dims = 3

@@ -1,0 +1,68 @@
+"""The float64 reference: the definition of what every backend computes, written to be read.
+
+y[n, o, p] = REDUCE over (c in o's group, k in window) of op(x_pad[n, c, p*stride + k*dilation],
+w[o, c, k]) + bias[o]. Built from plain torch ops on full broadcast tensors, so torch's autograd
+gives the exact gradients. Padded taps under padding_mode="ignore" are never evaluated (not
+evaluated and masked: a masked inf would still poison the gradient). Memory is
+N x O x C/groups x K x P: for small shapes only (tests, debugging).
+"""
+from __future__ import annotations
+
+import torch
+
+from .geometry import Geometry, pad_input, valid_taps, windows
+from .ir import OpSpec, evaluate
+
+IDENTITY = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "logsumexp": float("-inf")}
+
+
+def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: str) -> torch.Tensor:
+    """Float64 result of the conv (differentiable w.r.t. x, every weight and bias)."""
+    x = x.double()
+    # weights arrive with rank dims + 2 (functional normalizes them), broadcastable to (O, Cg, *k)
+    w = {k: v.double().expand((g.out_channels,) + tuple(v.shape[1:])) for k, v in weights.items()}
+    d, K, P = g.dims, g.taps, g.positions
+    cols = windows(pad_input(x, g), g)  # (N, C, *out, *k)
+    cols = cols.reshape(g.batch, g.in_channels, P, K).transpose(2, 3)  # (N, C, K, P)
+    valid = valid_taps(g, x.device) if g.padding_mode == "ignore" else torch.ones(K, P, dtype=torch.bool)
+    kk, pp = valid.nonzero(as_tuple=True)  # the (tap, position) pairs that are evaluated
+    outs = []
+    for gi in range(g.groups):
+        cin = slice(gi * g.cin_per_group, (gi + 1) * g.cin_per_group)
+        cout = slice(gi * g.cout_per_group, (gi + 1) * g.cout_per_group)
+        xv = cols[:, cin][:, :, kk, pp][:, None]  # (N, 1, Cg, V)
+        wv = {}
+        for name, t in w.items():
+            t = t[cout].broadcast_to((g.cout_per_group, g.cin_per_group) + g.kernel)
+            wv[name] = t.reshape(g.cout_per_group, g.cin_per_group, K)[:, :, kk][None]  # (1, Og, Cg, V)
+        vals = evaluate(spec.expr, xv, wv, dtype=torch.float64)
+        vals = vals.expand(g.batch, g.cout_per_group, g.cin_per_group, kk.numel())
+        full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), IDENTITY[reduce],
+                          dtype=torch.float64, device=x.device)
+        full = _scatter(full, vals, kk, pp)
+        taps = full.permute(0, 1, 4, 2, 3).reshape(g.batch, g.cout_per_group, P, g.cin_per_group * K)
+        outs.append(_reduce(taps, reduce, valid.sum(0) * g.cin_per_group))
+    y = torch.cat(outs, 1).reshape((g.batch, g.out_channels) + g.out_size)
+    if bias is not None:
+        y = y + bias.double().reshape((1, -1) + (1,) * d)
+    return y
+
+
+def _scatter(full, vals, kk, pp):
+    # full[..., kk[i], pp[i]] = vals[..., i], differentiably.
+    idx = (kk * full.shape[-1] + pp)
+    flat = full.flatten(-2)
+    flat = flat.index_copy(-1, idx, vals)
+    return flat.unflatten(-1, full.shape[-2:])
+
+
+def _reduce(t, reduce, count):
+    if reduce == "sum":
+        return t.sum(-1)
+    if reduce == "mean":
+        return t.sum(-1) / count.to(t.dtype)
+    if reduce == "max":
+        return t.max(-1).values  # gradient to one selected tap, as documented
+    if reduce == "min":
+        return t.min(-1).values
+    return torch.logsumexp(t, -1)
