@@ -1,0 +1,78 @@
+"""Shared test helpers: compare any backend with the float64 reference, forward and every gradient."""
+import pytest
+import torch
+
+import lambdaconv as lc
+from lambdaconv.backends import registry
+from lambdaconv.functional import prepare
+
+# relative tolerance of a backend's result against the float64 reference, per input dtype
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+CONV = {1: lc.conv1d, 2: lc.conv2d, 3: lc.conv3d}
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != {tuple(b.shape)}")
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    assert torch.equal(nan_a, nan_b), "NaN pattern differs"
+    a, b = a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0)
+    inf = torch.isinf(b)
+    assert torch.equal(a[inf], b[inf]), "inf values differ"
+    a, b = a.masked_fill(inf, 0), b.masked_fill(inf, 0)
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item() if b.numel() else 0.0
+
+
+def make_inputs(d, n, c, size, wshapes, dtype=torch.float64, bias=True, seed=0, positive=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, c) + tuple(size), generator=g, dtype=torch.float64)
+    if positive:
+        x = x.abs() + 0.1
+    ws = {k: torch.randn(s, generator=g, dtype=torch.float64) * 0.5 for k, s in wshapes.items()}
+    o = torch.broadcast_shapes(*[torch.Size(s) for s in wshapes.values()])[0] if wshapes else 1
+    b = torch.randn(o, generator=g, dtype=torch.float64) if bias else None
+    cast = lambda t: None if t is None else t.to(dtype).requires_grad_()  # noqa: E731
+    return cast(x), {k: cast(v) for k, v in ws.items()}, cast(b)
+
+
+def run_with_grads(d, x, op, ws, b, backend, seed=1, **kw):
+    y = CONV[d](x, op, ws, b, backend=backend, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y.dtype)
+    leaves = [x] + list(ws.values()) + ([b] if b is not None else [])
+    grads = torch.autograd.grad(y, leaves, gy, allow_unused=True)
+    return y, grads
+
+
+def check_backend(backend, d, x, op, ws, b, **kw):
+    """Assert `backend` matches the float64 reference (forward and all grads) within TOL[dtype]."""
+    ref_x = x.detach().double().requires_grad_()
+    ref_ws = {k: v.detach().double().requires_grad_() for k, v in ws.items()}
+    ref_b = None if b is None else b.detach().double().requires_grad_()
+    yr, gr = run_with_grads(d, ref_x, op, ref_ws, ref_b, "reference", **kw)
+    y, g = run_with_grads(d, x, op, ws, b, backend, **kw)
+    assert y.dtype == x.dtype
+    tol = TOL[x.dtype]
+    names = ["output", "grad input"] + [f"grad {k}" for k in ws] + (["grad bias"] if b is not None else [])
+    for name, a, r in zip(names, [y] + list(g), [yr] + list(gr)):
+        assert a is not None and r is not None, name
+        err = rel_err(a, r)
+        assert err <= tol, f"{backend}: {name} relative error {err:.3g} > {tol:g}"
+
+
+def backends_for(d, x, op, ws, b, **kw):
+    """Every registered non-reference backend that can run this call."""
+    args = dict(stride=1, padding=0, dilation=1, groups=1, reduce=None, padding_mode="zeros")
+    args.update(kw)
+    _, _, _, call, _ = prepare(d, x, op, ws, b, args["stride"], args["padding"], args["dilation"],
+                               args["groups"], args["reduce"], args["padding_mode"], "auto")
+    return [n for n in registry.names()[1:] if n != "reference"
+            and registry.get(n).unsupported(call) is None]
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Force many tiny tiles so that the tile bookkeeping (edges, groups, batch splits) is exercised."""
+    from lambdaconv.backends import tiles
+    monkeypatch.setattr(tiles, "TILE_ELEMENTS", 64)
