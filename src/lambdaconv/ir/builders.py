@@ -14,9 +14,9 @@ def _clamp(x, min=None, max=None):
     # torch.clamp's gradient reaches x where min <= x <= max (inclusive): where() keeps that.
     out = as_expr(x)
     if min is not None:
-        out = node("where", node("lt", x, min), min, out)
-    if max is not None:
-        out = node("where", node("gt", x, max), max, out)
+        out = node("where", node("lt", out, min), min, out)
+    if max is not None:  # compares the clamped-below value: min(max(x, lo), hi), as torch when lo > hi
+        out = node("where", node("gt", out, max), max, out)
     return out
 
 
@@ -33,7 +33,7 @@ def call(name: str, args: tuple, kwargs: dict) -> Expr:
             a, b = args if len(args) == 2 else (args[0], kwargs["exponent"])
             return node("pow", a, b)
         if name == "relu" or name == "sigmoid" or name == "tanh":
-            kwargs = {k: v for k, v in kwargs.items() if k != "inplace" or v is False}
+            kwargs = {k: v for k, v in kwargs.items() if not (k == "inplace" and v is False)}
         if name in OPS and not kwargs:
             return node(name, *args)
     except TypeError as err:

@@ -138,6 +138,9 @@ def _simplify(op: str, a: tuple):
     elif op == "div":
         if _is(a[1], 1.0):
             return a[0]
+    elif op == "where":
+        if a[0].is_const:  # a folded condition picks its branch
+            return a[1] if a[0].value else a[2]
     elif op == "neg":
         if a[0].op == "neg":
             return a[0].args[0]

@@ -6,7 +6,7 @@ import ast
 import math
 
 from .builders import call
-from .expr import Expr, as_expr, inp, leaves, node, weight
+from .expr import as_expr, inp, node, weight
 
 _BIN = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
 _CMP = {ast.Gt: "gt", ast.GtE: "ge", ast.Lt: "lt", ast.LtE: "le", ast.Eq: "eq", ast.NotEq: "ne"}
@@ -22,17 +22,21 @@ def parse_string(text: str) -> tuple:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise ValueError(f"cannot parse op {text!r}: {err.msg}") from None
-    expr = as_expr(_walk(tree.body, text))
-    names = leaves(expr, "weight")
-    if not leaves(expr, "input"):
+    # weights as written, in order of appearance, even where folding removed one: where(1 > 0, x, B)
+    # still has the parameter B, as a callable keeps every parameter of its signature
+    seen = []
+    expr = as_expr(_walk(tree.body, text, seen))
+    if "x" not in seen:
         raise ValueError(f"op {text!r} does not use the input `x`")
-    return expr, tuple(names)
+    return expr, tuple(n for n in seen if n != "x")
 
 
-def _walk(n: ast.AST, text: str):
+def _walk(n: ast.AST, text: str, seen: list):
     if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
         return as_expr(n.value)
     if isinstance(n, ast.Name):
+        if n.id not in seen and n.id not in _CONSTS:
+            seen.append(n.id)
         if n.id == "x":
             return inp("x")
         if n.id in _CONSTS:
@@ -41,16 +45,16 @@ def _walk(n: ast.AST, text: str):
             raise ValueError(f"op {text!r}: name {n.id!r} is not allowed")
         return weight(n.id)
     if isinstance(n, ast.BinOp) and type(n.op) in _BIN:
-        return node(_BIN[type(n.op)], _walk(n.left, text), _walk(n.right, text))
+        return node(_BIN[type(n.op)], _walk(n.left, text, seen), _walk(n.right, text, seen))
     if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
-        v = _walk(n.operand, text)
+        v = _walk(n.operand, text, seen)
         return node("neg", v) if isinstance(n.op, ast.USub) else v
     if isinstance(n, ast.Compare) and len(n.ops) == 1 and type(n.ops[0]) in _CMP:
-        return node(_CMP[type(n.ops[0])], _walk(n.left, text), _walk(n.comparators[0], text))
+        return node(_CMP[type(n.ops[0])], _walk(n.left, text, seen), _walk(n.comparators[0], text, seen))
     if isinstance(n, ast.Call):
         fname = _function_name(n.func, text)
-        args = tuple(_walk(a, text) for a in n.args)
-        kwargs = {k.arg: _walk(k.value, text) for k in n.keywords if k.arg is not None}
+        args = tuple(_walk(a, text, seen) for a in n.args)
+        kwargs = {k.arg: _walk(k.value, text, seen) for k in n.keywords if k.arg is not None}
         if len(kwargs) != len(n.keywords):
             raise ValueError(f"op {text!r}: **kwargs is not allowed")
         return call(fname, args, kwargs)
