@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .ir import OpSpec, resolve_op, resolve_reduce
+from .ir.sympy_bridge import separate
+
+# Most stacked terms a decomposition may have. The conv then does MAX_TERMS times the
+# multiply-adds of a plain conv, and each term costs a pass over the input: measured on CPU
+# (benchmarks/decompose_cpu.py --terms, N8 C32 O32 32x32 k3), polynomials sum_j A_j x**j stay
+# several times faster than the direct (tiled) path well past this many terms; above it we keep
+# the direct path, whose cost does not grow with the number of terms.
+MAX_TERMS = 16
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,33 @@ class Plan:
 
 @lru_cache(maxsize=256)
 def _plan(spec: OpSpec, reduce: str) -> Plan:
-    return Plan(str(spec.expr), spec.weight_names, reduce, "direct",
-                "every tap is evaluated by a direct backend (tiled on CPU)")
+    def direct(why):
+        return Plan(str(spec.expr), spec.weight_names, reduce, "direct",
+                    f"{why}; every tap is evaluated by a direct backend")
+
+    if reduce not in ("sum", "mean"):
+        return direct(f"reduce {reduce} is not a sum")
+    sep = separate(spec.expr)
+    if not sep.ok:
+        return direct(sep.reason)
+    n = len(sep.terms)
+    if n > MAX_TERMS:
+        return direct(f"separable into {n} terms, slower than direct (more than {MAX_TERMS})")
+    terms = tuple((str(g), str(h)) for g, h in sep.terms)
+    if sep.const is not None:
+        terms += (("1", str(sep.const)),)
+    gx = ", ".join(t[0] for t in terms[:n])
+    hw = ", ".join(t[1] for t in terms[:n])
+    chans = "C" if n == 1 else f"{n}*C"
+    per = "" if reduce == "sum" else ", divided by the tap count"
+    calls = (f"convNd(input [{gx}] -> {chans} channels (stacked per group), "
+             f"weight [{hw}] -> (O, {chans}/groups, *kernel), bias{per})",)
+    if sep.const is not None:
+        calls += (f"+ per-output constant sum over taps of {sep.const} (a valid-tap mask convolution "
+                  f"under padding_mode='ignore')",)
+    why = f"op = sum of {n} term{'s' if n > 1 else ''} g(x) * h(weights)" + \
+          (" + a weights-only term" if sep.const is not None else "") + ": one native convolution"
+    return Plan(str(spec.expr), spec.weight_names, reduce, "decompose", why, terms, calls)
 
 
 def plan_for(spec: OpSpec, reduce: str) -> Plan:

@@ -2,9 +2,12 @@
 
     reference  float64 definition (tests, debugging; never picked by "auto")
     tiled      direct path in torch ops, any device, bounded memory
+    decompose  separable ops (reduce sum/mean) as one native convolution
 """
 from . import registry
 from .registry import Backend, Call, register, select
 from . import builtin  # noqa: F401  (registers reference and tiled)
+from . import triton as _triton  # noqa: F401  (registers triton: generated kernels)
+from . import decompose  # noqa: F401  (registers decompose)
 
 __all__ = ["Backend", "Call", "register", "select", "registry"]
