@@ -1,0 +1,51 @@
+"""The "triton" backend: kernels generated from the op's IR, forward and backward.
+
+    codegen.py    IR ops -> triton.language source (CSE through the DAG)
+    templates.py  the portable kernels (implicit-GEMM forward, gather backward of x, split-reduce
+                  backward of the weights, selected-tap backward of max/min)
+    kernels.py    fills the templates, caches the source on disk (atomic writes), imports it
+    tuning.py     tile configs per shape bucket
+    function.py   the autograd Function (layouts, launches, gradient assembly)
+
+Runs on CUDA devices, and on CPU tensors under TRITON_INTERPRET=1 (what CI tests). "auto" picks it
+on CUDA for direct ops (priority 50: after the decompose backend, before "tiled").
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ..registry import Backend, Call, register
+
+PRIORITY = 50
+
+
+def available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _unsupported(call: Call):
+    if not available():
+        return "triton is not installed (pip install triton)"
+    if call.dtype == torch.float64:
+        return "the triton kernels compute in float32; float64 runs on 'tiled'"
+    if call.device.type == "cpu":
+        from .function import interpreting
+        if not interpreting():
+            return "CPU tensors run triton kernels only under TRITON_INTERPRET=1 (slow: for tests)"
+        return None
+    if call.device.type != "cuda":
+        return f"no triton kernels for device {call.device.type!r}"
+    return None
+
+
+def _run(x, bias, weights, call: Call):
+    from .function import TritonConv
+
+    names = tuple(weights)
+    return TritonConv.apply(x, bias, call.spec, call.geometry, call.reduce, names, *weights.values())
+
+
+register(Backend("triton", _unsupported, _run, PRIORITY,
+                 "direct: generated triton kernels, forward and backward (CUDA; CPU under TRITON_INTERPRET=1)"))

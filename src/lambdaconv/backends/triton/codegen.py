@@ -1,0 +1,183 @@
+"""Print an op's expression DAG as straight-line triton.language code (inductor TritonOverrides style).
+
+One table row per IR op: a format string over its argument names. Every DAG node becomes one
+local variable, so common subexpressions (and the nodes that the symbolic partials share with the
+forward expression) are computed once. Operands keep their broadcast shapes: a term that depends
+only on the input is computed on the [BLOCK_M, 1] column, one that depends only on weights on the
+[1, BLOCK_N] row, and only the mixed terms per tap.
+
+Only core triton.language functions are used (no libdevice): the same source then runs compiled
+on a GPU and under TRITON_INTERPRET=1 on CPU tensors, where extern calls are not supported.
+The few functions without a core instruction (expm1, log1p, tanh, atan) are helpers in PRELUDE,
+accurate to a few float32 ulps; the backend computes in float32 only (float64 goes to "tiled").
+"""
+from __future__ import annotations
+
+import math
+
+from ...ir.expr import Expr, topo_order
+
+_NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum / relu propagate NaN
+
+OPS_SRC = {
+    "add": "{0} + {1}",
+    "sub": "{0} - {1}",
+    "mul": "{0} * {1}",
+    "div": "{0} / {1}",
+    "neg": "-{0}",
+    "abs": "tl.abs({0})",
+    # torch.sign(nan) is nan: {0} * 0.0 keeps it (and gives 0 for 0).
+    "sign": "tl.where({0} > 0.0, 1.0, tl.where({0} < 0.0, -1.0, {0} * 0.0))",
+    "exp": "tl.exp({0})",
+    "expm1": "_expm1({0})",
+    "log": "tl.log({0})",
+    "log1p": "_log1p({0})",
+    "sqrt": "tl.sqrt({0})",
+    "sin": "tl.sin({0})",
+    "cos": "tl.cos({0})",
+    "tan": "tl.sin({0}) / tl.cos({0})",
+    "atan": "_atan({0})",
+    "tanh": "_tanh({0})",
+    "sigmoid": "1.0 / (1.0 + tl.exp(-{0}))",
+    # torch's softplus: x above the threshold 20, else log1p(exp(x))
+    "softplus": "tl.where({0} > 20.0, {0}, _log1p(tl.exp({0})))",
+    "relu": "tl.maximum({0}, 0.0, " + _NAN_ALL + ")",
+    "erf": "tl.erf({0})",
+    "maximum": "tl.maximum({0}, {1}, " + _NAN_ALL + ")",
+    "minimum": "tl.minimum({0}, {1}, " + _NAN_ALL + ")",
+    "where": "tl.where({0}, {1}, {2})",
+    "gt": "{0} > {1}",
+    "ge": "{0} >= {1}",
+    "lt": "{0} < {1}",
+    "le": "{0} <= {1}",
+    "eq": "{0} == {1}",
+    "ne": "{0} != {1}",
+    "pow": None,  # printed by _pow: constant exponents become multiplications or sqrt
+}
+
+PRELUDE = '''
+@triton.jit
+def _expm1(x):
+    # exp(x) - 1 loses all digits near 0: a Taylor polynomial there (error < 1e-10 for |x| < 0.03).
+    small = x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))))
+    return tl.where(tl.abs(x) < 0.03, small, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _log1p(x):
+    small = x * (1.0 - x * (0.5 - x * (1.0 / 3.0 - x * (0.25 - x * 0.2))))
+    return tl.where(tl.abs(x) < 0.03, small, tl.log(1.0 + x))
+
+
+@triton.jit
+def _tanh(x):
+    a = tl.abs(x)
+    big = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)  # exp overflows to inf for large a: gives 1
+    small = a * (1.0 - a * a * (1.0 / 3.0 - a * a * (2.0 / 15.0)))
+    t = tl.where(a < 0.03, small, big)
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def _atan(x):
+    # |x| > 1 -> pi/2 - atan(1/|x|); three half-angle steps atan(r) = 2 atan(r / (1 + sqrt(1 + r^2)))
+    # bring r under tan(pi/16) = 0.199, where the odd series to r^11 is within 1e-10.
+    a = tl.abs(x)
+    r = tl.where(a > 1.0, 1.0 / a, a)
+    r = r / (1.0 + tl.sqrt(1.0 + r * r))
+    r = r / (1.0 + tl.sqrt(1.0 + r * r))
+    r = r / (1.0 + tl.sqrt(1.0 + r * r))
+    r2 = r * r
+    p = r * (1.0 - r2 * (1.0 / 3.0 - r2 * (0.2 - r2 * (1.0 / 7.0 - r2 * (1.0 / 9.0 - r2 * (1.0 / 11.0))))))
+    p = 8.0 * p
+    p = tl.where(a > 1.0, 1.5707963267948966 - p, p)
+    return tl.where(x < 0.0, -p, p)
+
+
+@triton.jit
+def _pow(b, e):
+    # torch.pow for a tensor exponent: a negative base gives a real result for integer exponents.
+    mag = tl.exp(e * tl.log(tl.abs(b)))
+    e_int = tl.floor(e) == e
+    odd = e_int & (tl.floor(e * 0.5) * 2.0 != e)
+    r = tl.where(b < 0.0, tl.where(e_int, tl.where(odd, -mag, mag), float("nan")), mag)
+    return tl.where((e == 0.0) | (b == 1.0), 1.0, r)
+'''
+
+
+def literal(v: float) -> str:
+    if math.isnan(v):
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else '(-float("inf"))'
+    return f"({v!r})" if v < 0 else repr(v)
+
+
+def _pow(base: str, e: Expr) -> str:
+    if not e.is_const:
+        return None
+    v = e.value
+    if v == 0.5:
+        return f"tl.sqrt({base})"
+    if v.is_integer() and 1 <= abs(v) <= 16:
+        n, terms, sq = int(abs(v)), [], base
+        while n:  # square-and-multiply: exact sign for negative bases, as torch.pow
+            if n & 1:
+                terms.append(sq)
+            n >>= 1
+            if n:
+                sq = f"({sq} * {sq})"
+        prod = " * ".join(terms)
+        return prod if v > 0 else f"1.0 / ({prod})"
+    if v.is_integer():
+        return None  # large integer exponent: the general helper keeps the sign
+    return f"tl.exp({literal(v)} * tl.log({base}))"  # NaN for negative bases, as torch
+
+
+class Printer:
+    """Emits code for several expressions into one namespace (shared nodes printed once)."""
+
+    def __init__(self, leaves: dict, prefix: str = "_v"):
+        self.names = {}  # Expr -> variable name or literal
+        self.lines = []
+        self.leaves = leaves  # ("input", name) / ("weight", name) -> variable name
+        self.prefix = prefix
+
+    def value(self, e: Expr) -> str:
+        for n in topo_order(e):
+            if n in self.names:
+                continue
+            if n.op == "const":
+                self.names[n] = literal(n.value)
+                continue
+            if n.op in ("input", "weight"):
+                self.names[n] = self.leaves[(n.op, n.value)]
+                continue
+            args = [self.names[a] for a in n.args]
+            src = None
+            if n.op == "pow":
+                src = _pow(args[0], n.args[1])
+                if src is None:
+                    src = f"_pow({args[0]}, {args[1]})" if not n.args[1].is_const else \
+                        f"_pow({args[0]}, {args[0]} * 0.0 + {args[1]})"
+            else:
+                src = OPS_SRC[n.op].format(*args)
+            name = f"{self.prefix}{len(self.lines)}"
+            self.lines.append(f"{name} = {src}")
+            self.names[n] = name
+        return self.names[e]
+
+    def code(self, indent: int) -> str:
+        pad = " " * indent
+        return "\n".join(pad + line for line in self.lines) if self.lines else pad + "pass"
+
+
+def depends(e: Expr, kind: str) -> bool:
+    return any(n.op == kind for n in topo_order(e))
+
+
+def emit(exprs, x_var: str, weight_vars: dict, indent: int, prefix: str = "_v"):
+    """(code, [result names]) computing each expr; results that are constants stay literals."""
+    p = Printer({("input", "x"): x_var, **{("weight", k): v for k, v in weight_vars.items()}}, prefix)
+    outs = [p.value(e) for e in exprs]
+    return p.code(indent), outs

@@ -1,0 +1,128 @@
+"""Generate the kernel module of one (op, reduce), write it to the disk cache, import it.
+
+The source is a pure function of the op's IR, the reduce and which weights need gradients; its
+sha256 names the file, so a cached file is never stale. Files are written to a temporary name and
+os.replace'd (atomic on POSIX and Windows): two processes generating the same kernel at once each
+write a complete file and one wins, never a torn one. Modules are imported from those files with
+importlib, so tracebacks and triton's own error messages point at real source lines.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from string import Template
+
+from ...ir import OpSpec
+from . import templates as T
+from .codegen import PRELUDE, emit
+
+GENERATOR_VERSION = "1"  # bump when the templates change meaning (the hash covers the text anyway)
+
+_modules: dict = {}
+
+
+def cache_dir() -> str:
+    d = os.environ.get("LAMBDACONV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lambdaconv")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _fill(template: str, **slots) -> str:
+    return Template(template).substitute(GEOMETRY=T.GEOMETRY.rstrip("\n"), **slots)
+
+
+def _lines(fmt: str, names, **kw) -> str:
+    return "\n".join(fmt.format(i=i, name=n, **kw) for i, n in enumerate(names))
+
+
+def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple) -> str:
+    """The module text: helpers, forward, and the backward kernels this call needs."""
+    names = spec.weight_names
+    wv = {n: f"w_{i}" for i, n in enumerate(names)}
+    parts = [Template(T.HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce), PRELUDE]
+
+    init, combine, finish, aux, ident = T.REDUCE[reduce]
+    code, (out,) = emit([spec.expr], "xv", wv, 12)
+    parts.append(_fill(T.FORWARD, W_ARGS=_lines(T.W_ARG_FWD, names), W_LOADS=_lines(T.W_LOAD_FWD, names),
+                       OP_CODE=code, OP_OUT=out, IDENTITY=ident, INIT=init, COMBINE=combine, FINISH=finish,
+                       AUX=aux))
+    partials = spec.partials()
+    lse = reduce == "logsumexp"
+    if reduce in ("max", "min"):
+        wanted = [partials[0]] + [p for p, k in zip(partials[1:], need_w) if k]
+        code, outs = emit(wanted, "xv", wv, 4)
+        atomics = [T.ATOMIC_X.format(out=outs[0])] if need_x else []
+        gw_names = [n for n, k in zip(names, need_w) if k]
+        atomics += [T.ATOMIC_W.format(i=i, out=o) for i, o in enumerate(outs[1:])]
+        parts.append(_fill(T.BACKWARD_SELECT, W_ARGS=_lines(T.W_ARG_S, names), W_LOADS=_lines(T.W_LOAD_S, names),
+                           GW_ARGS=_lines(T.GW_ARG_S, gw_names), OP_CODE=code,
+                           ATOMICS="\n".join(atomics) or "    pass"))
+        return "\n".join(parts)
+    if need_x:
+        exprs = [partials[0]] + ([spec.expr] if lse else [])
+        code, outs = emit(exprs, "xv", wv, 12)
+        scale = Template(T.SCALE_LSE_X).substitute(FWD=outs[1]) if lse else ""
+        parts.append(_fill(T.BACKWARD_X, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(T.W_LOAD_X, names),
+                           OP_CODE=code, SCALE=scale, OUT_0=outs[0]))
+    if any(need_w):
+        wanted = [p for p, k in zip(partials[1:], need_w) if k]
+        gw_names = [n for n, k in zip(names, need_w) if k]
+        exprs = wanted + ([spec.expr] if lse else [])
+        code, outs = emit(exprs, "xv", wv, 8)
+        # logsumexp: the softmax scale exp(tap - y) needs the forward value, printed in the same namespace
+        for tmpl, loads, init, acc, store, lse_scale in (
+                (T.BACKWARD_W, T.W_LOAD_W, T.GW_INIT, T.GW_ACC, T.GW_STORE, T.SCALE_LSE_W),
+                (T.BACKWARD_W_ROWS, T.W_LOAD_W_ROWS, T.GW_INIT_ROWS, T.GW_ACC_ROWS, T.GW_STORE_ROWS,
+                 T.SCALE_LSE_W_ROWS)):
+            scale = Template(lse_scale).substitute(FWD=outs[-1]) + "\n" if lse else ""
+            parts.append(_fill(
+                tmpl, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(loads, names),
+                GW_ARGS=_lines(T.GW_ARG, gw_names), OP_CODE=code, SCALE="", GW_INIT=_lines(init, gw_names),
+                GW_ACC=scale + "\n".join(acc.format(i=i, out=o) for i, o in enumerate(outs[:len(gw_names)])),
+                GW_STORE=_lines(store, gw_names)))
+    return "\n".join(parts)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(text: str, interpret: bool):
+    """Import the module holding `text` (written once under its hash). Modules are kept per
+    interpret flag: triton decides compiled-vs-interpreted when a kernel is decorated."""
+    digest = hashlib.sha256((GENERATOR_VERSION + text).encode()).hexdigest()[:20]
+    key = (digest, interpret)
+    mod = _modules.get(key)
+    if mod is not None:
+        return mod
+    path = os.path.join(cache_dir(), f"lc_{digest}.py")
+    try:
+        with open(path) as f:
+            ok = f.read() == text
+    except OSError:
+        ok = False
+    if not ok:
+        _write_atomic(path, text)
+    name = f"lambdaconv_kernels_{digest}_{int(interpret)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # triton's jit looks functions up through their module
+    spec.loader.exec_module(mod)
+    _modules[key] = mod
+    return mod
+
+
+def kernels(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, interpret: bool):
+    return load(source(spec, reduce, need_x, tuple(need_w)), interpret)
