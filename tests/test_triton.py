@@ -1,0 +1,141 @@
+"""backend="triton" against the float64 reference, on CPU tensors under TRITON_INTERPRET=1.
+
+Triton decides between compiling and interpreting when a kernel is decorated, and with the
+variable set "auto" would pick the triton backend on CPU: so the cases run in a child process that
+has TRITON_INTERPRET=1 from its start, and the setting never leaks into the other tests. Shapes are
+tiny (the interpreter runs each tl op as a numpy call).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+
+    def test_interpreted_suite(tmp_path):
+        env = {**os.environ, "TRITON_INTERPRET": "1", "LAMBDACONV_CACHE": str(tmp_path / "cache")}
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
+               os.path.abspath(__file__)]
+        r = subprocess.run(cmd, env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+
+else:
+    sys.path.insert(0, HERE)
+    from conftest import CONV, check_backend, make_inputs, rel_err  # noqa: E402
+
+    import lambdaconv as lc  # noqa: E402
+    from lambdaconv.backends.triton import kernels  # noqa: E402
+
+    SIG = "lambda x, A, B: torch.sigmoid(A * x) * B"
+
+    def _w(o, cg, k, d, names=("weight",)):
+        return {n: (o, cg) + (k,) * d for n in names}
+
+    CASES = [
+        # (id, d, op, reduce, weights, conv kwargs)
+        ("adder-pad-bias", 2, "adder", None, _w(3, 2, 3, 2), dict(padding=1)),
+        ("adder-stride-dilation", 2, "adder", None, _w(3, 2, 3, 2), dict(padding=2, stride=2, dilation=2)),
+        ("adder-mean-ignore", 2, "adder", "mean", _w(3, 2, 3, 2), dict(padding=1, padding_mode="ignore")),
+        ("dilation-max", 2, "dilation", None, _w(3, 2, 3, 2), dict(padding=1)),
+        ("dilation-max-ignore-stride", 2, "dilation", None, _w(3, 2, 3, 2),
+         dict(padding=1, stride=2, padding_mode="ignore")),
+        ("erosion-min-ignore", 2, "erosion", None, _w(3, 2, 3, 2), dict(padding=1, padding_mode="ignore")),
+        ("logsumexp", 2, "x+weight", "logsumexp", _w(3, 2, 3, 2), dict(padding=1)),
+        ("logsumexp-ignore", 2, "x*weight", "logsumexp", _w(3, 2, 3, 2), dict(padding=1, padding_mode="ignore")),
+        ("sigmoid-groups", 2, "sigmoid(A*x)*B", None, _w(4, 1, 3, 2, ("A", "B")), dict(padding=1, groups=2)),
+        ("offset-depthwise-reflect", 2, "offset", None, _w(2, 1, 3, 2, ("A", "B")),
+         dict(padding=1, groups=2, padding_mode="reflect")),
+        ("adder-1d-circular", 1, "adder", None, _w(3, 2, 3, 1), dict(padding=2, stride=2, padding_mode="circular")),
+        ("dilation-3d-replicate", 3, "dilation", None, _w(2, 2, 2, 3), dict(padding=1, padding_mode="replicate")),
+        ("broadcast-weight", 2, "A*(x-B)", None, {"A": (3, 1, 1, 1), "B": (3, 2, 3, 3)}, dict(padding=1)),
+    ]
+
+    @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+    def test_matches_reference(case):
+        _, d, op, reduce, wshapes, kw = case
+        size = (5,) * d if d == 3 else (7,) * d
+        c = max(s[1] for s in wshapes.values()) * kw.get("groups", 1)
+        x, ws, b = make_inputs(d, 2, c, size, wshapes, dtype=torch.float32, bias=True)
+        check_backend("triton", d, x, op, ws, b, reduce=reduce, **kw)
+
+    def test_outer_product_weight_grad(monkeypatch):
+        # the GPU's weight-gradient kernel for many channels; the interpreter defaults to the other
+        monkeypatch.setenv("LAMBDACONV_TRITON_GW", "outer")
+        x, ws, b = make_inputs(2, 1, 2, (4, 4), _w(3, 2, 3, 2), dtype=torch.float32)
+        check_backend("triton", 2, x, "adder", ws, b, padding=1, padding_mode="ignore")
+        x, ws, b = make_inputs(2, 1, 2, (4, 3), _w(3, 2, 2, 2), dtype=torch.float32)
+        check_backend("triton", 2, x, "x*weight", ws, b, padding=1, reduce="logsumexp")
+
+    UNARY = ["abs", "sign", "exp", "expm1", "log", "log1p", "sqrt", "sin", "cos", "tan", "atan", "tanh",
+             "sigmoid", "softplus", "relu", "erf"]
+    BINARY = ["maximum(x, weight)", "minimum(x, weight)", "x / weight", "x ** 2 * weight", "x ** 3 - weight",
+              "(abs(x) + 1) ** weight", "x ** 0.5 * weight", "x ** -1 + weight", "where(x > weight, x, weight)",
+              "where(x <= weight, x * weight, 1.0)", "clamp(x * weight, -0.5, 0.5)"]
+
+    @pytest.mark.parametrize("expr", [f"{u}(x*weight)" for u in UNARY] + BINARY)
+    def test_every_op(expr):
+        positive = any(f in expr for f in ("log", "sqrt", "0.5"))
+        x, ws, b = make_inputs(1, 2, 2, (6,), _w(2, 2, 3, 1), dtype=torch.float32, bias=False, positive=positive)
+        if "x / weight" in expr or "** -1" in expr:
+            x = (x.detach().abs() + 0.5).requires_grad_()
+        check_backend("triton", 1, x, expr, ws, None, padding=1)
+
+    @pytest.mark.parametrize("op,reduce", [("adder", None), ("dilation", None), ("x+weight", "logsumexp")])
+    def test_nan_propagates(op, reduce):
+        x, ws, b = make_inputs(2, 1, 2, (6, 6), _w(2, 2, 3, 2), dtype=torch.float32, bias=False)
+        x = x.detach().clone()
+        x[0, 1, 2, 3] = float("nan")
+        y = lc.conv2d(x, op, ws, reduce=reduce, padding=1, backend="triton")
+        yr = lc.conv2d(x.double(), op, {k: v.double() for k, v in ws.items()}, reduce=reduce, padding=1,
+                       backend="reference")
+        assert torch.isnan(y).any()
+        assert rel_err(y, yr) < 1e-5
+
+    def test_half_precision():
+        x, ws, b = make_inputs(2, 2, 2, (6, 6), _w(3, 2, 3, 2), dtype=torch.float16)
+        check_backend("triton", 2, x, "adder", ws, b, padding=1)
+        x, ws, b = make_inputs(2, 2, 2, (6, 6), _w(3, 2, 3, 2), dtype=torch.float16)
+        check_backend("triton", 2, x, "dilation", ws, b, padding=1)
+
+    def test_float64_is_refused():
+        x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+        with pytest.raises(ValueError, match="float64"):
+            lc.conv2d(x, "adder", {"weight": torch.randn(2, 2, 3, 3, dtype=torch.float64)}, backend="triton")
+
+    def test_inference_skips_saved_winners():
+        # no grad needed: the max kernel keeps no winning-tap index (its plain max is cheaper)
+        x, ws, _ = make_inputs(2, 1, 2, (6, 6), _w(2, 2, 3, 2), dtype=torch.float32, bias=False)
+        with torch.no_grad():
+            y = CONV[2](x, "dilation", ws, padding=1, backend="triton")
+        yr = CONV[2](x.double(), "dilation", {k: v.double() for k, v in ws.items()}, padding=1, backend="reference")
+        assert rel_err(y, yr) < 1e-6
+
+    def _race(args):
+        path, text, n = args
+        for _ in range(n):
+            kernels._write_atomic(path, text)
+        return True
+
+    def test_cache_writes_are_atomic(tmp_path):
+        import multiprocessing as mp
+        path = str(tmp_path / "lc_same.py")
+        text = "# " + "x" * 200000 + "\n"
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(2) as pool:
+            assert all(pool.map(_race, [(path, text, 20)] * 4))
+        with open(path) as f:
+            assert f.read() == text
+        assert [p.name for p in tmp_path.iterdir()] == ["lc_same.py"]  # no temporary left behind
+
+    def test_generated_source_is_readable():
+        spec = lc.ir.resolve_op("sigmoid(A*x)*B")
+        src = kernels.source(spec, "sum", True, (True, True))
+        assert "def _fwd(" in src and "def _bwd_x(" in src and "def _bwd_w(" in src
+        assert "BLOCK_M: tl.constexpr" in src
+        compile(src, "<generated>", "exec")
