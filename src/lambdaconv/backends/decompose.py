@@ -15,6 +15,12 @@ small reductions over the weights. Exact at the borders:
             the valid-tap count (the mask convolved with ones) instead of Cg*K.
 Gradients are torch autograd's, through these calls.
 
+Exact means algebraically equal, term for term, for finite values; NaN anywhere in x or the
+weights still reaches every output it touches. Infinities can differ from the reference where the
+rewrite splits one term into several: -(x-W)**2 at x = inf is -inf directly but -inf + inf = NaN
+once expanded; and under "ignore" a non-finite weight at a tap that falls on the padding meets the
+conv's zero (0 * inf = NaN) where the reference skips that tap.
+
 Precision: g_i and h_i are computed in float32 for half / bfloat16 inputs (float64 stays float64)
 and rounded once to the conv dtype, so a term like sin(2*x) is not rounded at every step. The
 conv runs in the input dtype; under autocast in the autocast dtype, as nn.Conv2d does (then the
@@ -177,7 +183,10 @@ def _run(x, bias, weights, call):
             with _autocast_off(x):
                 count = _CONV[d](mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=x.device), None, g.stride,
                                  0, g.dilation) * g.cin_per_group
-            y = y / count
+            # A window with no valid tap is a mean of nothing: NaN, as in the reference, but only
+            # in the value: 1/0 in the gradient would turn the weights' gradient into NaN too.
+            has = count > 0
+            y = y * torch.where(has, 1.0 / count, 0.0) + torch.where(has, 0.0, float("nan"))
             if bias_after is not None:
                 y = y + bias_after.reshape((1, -1) + (1,) * d)
         y = y.to(out)

@@ -1,0 +1,124 @@
+"""CPU benchmark of the decompose backend against F.conv2d at the same shape (issue 3's CPU bars).
+
+    PYTHONPATH=src python benchmarks/decompose_cpu.py            # bars: offset <= 1.3x, quadratic <= 2.4x
+    PYTHONPATH=src python benchmarks/decompose_cpu.py --terms    # term-count threshold: decompose vs tiled
+
+Shape N8 C32 O32 32x32 k3 pad1, forward, torch.set_num_threads(2). Every variant is timed in the
+same run, interleaved (one call of each per round, in a rotating order), and the median over
+rounds is reported, so that load from other processes hits every variant alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import lambdaconv as lc
+
+
+def interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict:
+    """Median seconds per call of each fn, timed round-robin."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def bars(rounds: int, grad: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    N, C, O, S, k = 8, 32, 32, 32, 3
+    x = torch.randn(N, C, S, S, generator=g)
+    A, B = torch.randn(O, C, k, k, generator=g) * 0.1, torch.randn(O, C, k, k, generator=g)
+    bias = torch.randn(O, generator=g)
+    fns = {
+        "F.conv2d": lambda: F.conv2d(x, A, bias, padding=1),
+        "offset": lambda: lc.conv2d(x, "offset", {"A": A, "B": B}, bias, padding=1),
+        "quadratic": lambda: lc.conv2d(x, "quadratic", {"A": A, "B": B}, bias, padding=1),
+        "hand offset": lambda: F.conv2d(x, A, bias - (A * B).sum((1, 2, 3)), padding=1),
+    }
+    for op in ("offset", "quadratic"):
+        assert lc.explain(op).strategy == "decompose"
+    with torch.set_grad_enabled(grad):
+        if grad:
+            for t in (x, A, B, bias):
+                t.requires_grad_()
+        t = interleaved(fns, rounds)
+    base = t["F.conv2d"]
+    return {"shape": "N8 C32 O32 32x32 k3 pad1", "grad_enabled": grad, "rounds": rounds,
+            "median_ms": {n: v * 1e3 for n, v in t.items()},
+            "ratio_to_conv2d": {n: v / base for n, v in t.items()}}
+
+
+def terms(rounds: int) -> dict:
+    """Polynomials sum_{j=1..T} A_j x**j: decompose (T stacked terms) vs the direct tiled path."""
+    g = torch.Generator().manual_seed(0)
+    N, C, O, S, k = 8, 32, 32, 32, 3
+    x = torch.randn(N, C, S, S, generator=g) * 0.5
+    out = {}
+    for T in (1, 2, 4, 8, 16, 24, 32):
+        op = " + ".join(f"A{j}*x**{j}" for j in range(1, T + 1))
+        ws = {f"A{j}": torch.randn(O, C, k, k, generator=g) * 0.1 for j in range(1, T + 1)}
+        spec = lc.ir.resolve_op(op)
+        from lambdaconv.ir.sympy_bridge import separate
+        assert len(separate(spec.expr).terms) == T
+        fns = {b: (lambda b=b: lc.conv2d(x, op, ws, padding=1, backend=b)) for b in ("decompose", "tiled")}
+        with torch.no_grad():
+            t = interleaved(fns, rounds, warmup=1)
+        out[T] = {"decompose_ms": t["decompose"] * 1e3, "tiled_ms": t["tiled"] * 1e3,
+                  "tiled_over_decompose": t["tiled"] / t["decompose"]}
+        print(f"T={T:3d}  decompose {t['decompose'] * 1e3:8.2f} ms   tiled {t['tiled'] * 1e3:8.2f} ms   "
+              f"tiled/decompose {t['tiled'] / t['decompose']:.1f}x", flush=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--terms", action="store_true", help="measure the term-count threshold instead")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
+            platform.machine(), "python": sys.version.split()[0]}
+    os.makedirs(args.out, exist_ok=True)
+    if args.terms:
+        res = {"meta": meta, "terms": terms(max(3, args.rounds // 10))}
+        with open(os.path.join(args.out, "decompose_cpu_terms.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        return
+    res = {"meta": meta, "forward": bars(args.rounds, False), "forward_with_grad": bars(args.rounds, True)}
+    res["bars"] = {"offset <= 1.3x": res["forward"]["ratio_to_conv2d"]["offset"] <= 1.3,
+                   "quadratic <= 2.4x": res["forward"]["ratio_to_conv2d"]["quadratic"] <= 2.4}
+    with open(os.path.join(args.out, "decompose_cpu.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    lines = ["# decompose backend, CPU (forward, N8 C32 O32 32x32 k3 pad1, 2 threads)", "",
+             f"torch {meta['torch']}, {meta['threads']} threads, {args.rounds} interleaved rounds, medians.", "",
+             "| variant | no grad: ms | ratio to F.conv2d | grad enabled: ms | ratio |", "|---|---|---|---|---|"]
+    for n in res["forward"]["median_ms"]:
+        a, b = res["forward"], res["forward_with_grad"]
+        lines.append(f"| {n} | {a['median_ms'][n]:.3f} | {a['ratio_to_conv2d'][n]:.2f}x | "
+                     f"{b['median_ms'][n]:.3f} | {b['ratio_to_conv2d'][n]:.2f}x |")
+    lines += ["", "Bars (no grad): " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in res["bars"].items()),
+              "", "Command: `PYTHONPATH=src python benchmarks/decompose_cpu.py`"]
+    with open(os.path.join(args.out, "decompose_cpu.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
