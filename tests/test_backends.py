@@ -15,7 +15,7 @@ OPS = [
     ("l2", None, False), ("dilation", None, False), ("erosion", None, False),
     ("sigmoid(A*x)*B", "sum", False), ("tanh(x*A+B)", "mean", False), ("relu(x-A)*B", "sum", False),
     ("maximum(x, W)", "sum", False), ("-abs(x-W)", "logsumexp", False), ("A*exp(x)", "mean", False),
-    ("A*sin(x+B)", "sum", False), ("x+W", "max", False), ("A*log(x) + sqrt(x)*B", "sum", True),
+    ("A*sin(x+B)", "sum", False), ("x+W", "max", False), ("2*x + W", "logsumexp", False), ("x + W", "sum", False), ("A*log(x) + sqrt(x)*B", "sum", True),
     ("where(x > A, x - A, 0.5*(x - A))", "min", False), ("clamp(x*A, min=-0.2, max=0.3)", "sum", False),
 ]
 MODES = ["zeros", "reflect", "replicate", "circular", "ignore"]

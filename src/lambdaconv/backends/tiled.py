@@ -13,7 +13,7 @@ import torch
 from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
 from ..reference import IDENTITY
-from .tiles import read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
+from .tiles import buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,19 +66,22 @@ class TiledConv(torch.autograd.Function):
         arg = None
         if reduce in ("max", "min"):
             arg = torch.empty(y.shape, dtype=torch.int64, device=x.device)
+        arena = {}  # scratch buffers reused by every tile of the same shape
         for t in tiles(g):
-            cols = tile_cols(win, t, g)[None]  # (1, Mt, CK)
-            taps = evaluate(spec.expr, cols, c.tile_weights(t), dtype=ct)
+            cols = tile_cols(win, t, g, arena)[None]  # (1, Mt, CK)
+            taps = evaluate(spec.expr, cols, c.tile_weights(t), dtype=ct, arena=arena)
             shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
             taps = _masked(_full(taps, shape), t, c, IDENTITY[reduce])
-            if reduce == "sum":
-                r = taps.sum(-1)
-            elif reduce == "mean":
-                r = taps.sum(-1) / c.count(t, x.device)
+            r = buffer(arena, "r", shape[:2], ct, x.device)
+            if reduce in ("sum", "mean"):
+                torch.sum(taps, -1, out=r)
+                if reduce == "mean":
+                    r /= c.count(t, x.device)
             elif reduce == "logsumexp":
-                r = torch.logsumexp(taps, -1)
+                torch.logsumexp(taps, -1, out=r)
             else:
-                r, i = taps.max(-1) if reduce == "max" else taps.min(-1)
+                i = buffer(arena, "i", shape[:2], torch.int64, x.device)
+                (torch.max if reduce == "max" else torch.min)(taps, -1, out=(r, i))
                 write_tile(arg, t, g, i)
             write_tile(y, t, g, r)
         ctx.c = c
@@ -130,22 +133,27 @@ def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
     g, spec, ct = c.g, c.spec, c.ct
     partials = spec.partials()  # (d/dx, d/dw...)
     gwin = windows(gxp, g)
+    arena = {}
+    dev = gy.device
+    exprs = list(partials) + ([spec.expr] if c.reduce == "logsumexp" else [])
     for t in tiles(g):
-        cols = tile_cols(win, t, g)[None]
+        cols = tile_cols(win, t, g, arena)[None]
         ot, mt, ck = t.o.stop - t.o.start, t.rows(g), cols.shape[-1]
         shape = (ot, mt, ck)
         gt = read_tile(gy, t, g)  # (Ot, Mt)
-        exprs = list(partials) + ([spec.expr] if c.reduce == "logsumexp" else [])
-        vals = evaluate_many(exprs, cols, c.tile_weights(t), dtype=ct)
+        vals = evaluate_many(exprs, cols, c.tile_weights(t), dtype=ct, arena=arena)
         if c.reduce == "mean":
-            gt = gt / c.count(t, gt.device)
-        if c.reduce == "logsumexp":
-            yt = read_tile(y, t, g)
-            s = gt[:, :, None] * torch.exp(_full(vals[-1], shape) - yt[:, :, None])
+            gt = gt / c.count(t, dev)
+        if c.reduce == "logsumexp":  # softmax weight of each tap: exp(tap - logsumexp)
+            s = buffer(arena, "s", shape, ct, dev)
+            torch.sub(_full(vals[-1], shape), read_tile(y, t, g)[:, :, None], out=s)
+            s.exp_().mul_(gt[:, :, None])
         else:
             s = gt[:, :, None]
+        prod = buffer(arena, "prod", shape, ct, dev)
         if ctx.needs_input_grad[0]:
-            gcols = _masked(_full(s * vals[0], shape), t, c, 0.0).sum(0)
+            torch.mul(s.expand(shape), vals[0], out=prod)
+            gcols = torch.sum(_masked(prod, t, c, 0.0), 0, out=buffer(arena, "gcols", shape[1:], ct, dev))
             scatter_cols(gwin, t, g, gcols)
         for n, pw, need in zip(c.names, vals[1:1 + len(c.names)], ctx.needs_input_grad[6:]):
             if not need:
@@ -153,7 +161,8 @@ def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
             if c.reduce != "logsumexp" and c.valid is None and pw.shape == shape:
                 gw[n][t.o] += torch.bmm(gt[:, None, :], pw).squeeze(1)  # sum over Mt as a matmul
             else:
-                gw[n][t.o] += _masked(_full(s * pw, shape), t, c, 0.0).sum(1)
+                torch.mul(s.expand(shape), pw, out=prod)
+                gw[n][t.o] += _masked(prod, t, c, 0.0).sum(1)
 
 
 def _backward_select(c: _Ctx, win, gxp, gw, gy, arg):

@@ -52,13 +52,29 @@ def tiles(g: Geometry, budget: int = None):
                     yield Tile(gi, o, slice(n0, min(n0 + nb, g.batch)), slice(r0, min(r0 + rb, g.out_size[0])))
 
 
-def tile_cols(win: torch.Tensor, t: Tile, g: Geometry) -> torch.Tensor:
-    """(Mt, CK) im2col rows of a tile from the windows view (N, C, *out, *k); one copy of the tile only."""
+def tile_cols(win: torch.Tensor, t: Tile, g: Geometry, arena: dict = None) -> torch.Tensor:
+    """(Mt, CK) im2col rows of a tile from the windows view (N, C, *out, *k); one copy of the tile only,
+    into a buffer kept in `arena` across tiles of the same shape."""
     cin = slice(t.group * g.cin_per_group, (t.group + 1) * g.cin_per_group)
     blk = win[t.n, cin, t.r]  # (nb, Cg, rb, *out_rest, *k)
     d = g.dims
     perm = (0,) + tuple(range(2, 2 + d)) + (1,) + tuple(range(2 + d, 2 + 2 * d))
-    return blk.permute(perm).reshape(t.rows(g), g.cin_per_group * g.taps)
+    blk = blk.permute(perm)
+    shape = (t.rows(g), g.cin_per_group * g.taps)
+    if arena is None:
+        return blk.reshape(shape)
+    buf = buffer(arena, "cols", shape, win.dtype, win.device)
+    buf.view(blk.shape).copy_(blk)
+    return buf
+
+
+def buffer(arena: dict, name: str, shape, dtype, device) -> torch.Tensor:
+    """A scratch tensor reused across tiles of the same shape (see ir.evaluate's arena)."""
+    key = (name, tuple(shape), dtype)
+    buf = arena.get(key)
+    if buf is None:
+        buf = arena[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
 
 
 def tile_out_view(y: torch.Tensor, t: Tile, g: Geometry) -> torch.Tensor:

@@ -7,29 +7,19 @@ from .expr import Expr, topo_order
 from .ops import OPS
 
 
-def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None):
+def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None):
     """Value of `e` with the input leaf bound to `x` and weight leaves to `weights[name]`.
 
     Constants become 0-d tensors of `dtype` (default: x's) so that no op promotes the result to
-    a wider type than the caller computes in. Returns a tensor (or a 0-d tensor for a constant).
+    a wider type than the caller computes in. With `arena` (a dict the caller keeps), every node
+    writes into a buffer kept there under (node, shape), so that a loop over same-shaped tiles
+    allocates once: fresh multi-MB tensors each step cost page faults that dominate cheap ops.
+    Results then live in the arena and are overwritten by the next call with the same arena.
     """
-    dtype = dtype or x.dtype
-    device = device or x.device
-    memo = {}
-    for n in topo_order(e):
-        if n.op == "input":
-            v = x
-        elif n.op == "weight":
-            v = weights[n.value]
-        elif n.op == "const":
-            v = torch.tensor(n.value, dtype=dtype, device=device)
-        else:
-            v = OPS[n.op].torch(*(memo[a] for a in n.args))
-        memo[n] = v
-    return memo[e]
+    return evaluate_many([e], x, weights, dtype=dtype, device=device, arena=arena)[0]
 
 
-def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None):
+def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None):
     """Evaluate several expressions sharing one memo (partials reuse the forward's nodes)."""
     dtype = dtype or x.dtype
     device = device or x.device
@@ -46,7 +36,18 @@ def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, de
             elif n.op == "const":
                 v = torch.tensor(n.value, dtype=dtype, device=device)
             else:
-                v = OPS[n.op].torch(*(memo[a] for a in n.args))
+                v = _apply(n, [memo[a] for a in n.args], arena, dtype, device)
             memo[n] = v
         out.append(memo[e])
     return out
+
+
+def _apply(n: Expr, args: list, arena, dtype, device):
+    spec = OPS[n.op]
+    if arena is None or not spec.takes_out:
+        return spec.torch(*args)
+    shape = torch.broadcast_shapes(*(a.shape for a in args))
+    buf = arena.get((n, shape))
+    if buf is None:
+        buf = arena[(n, shape)] = torch.empty(shape, dtype=torch.bool if spec.boolean else dtype, device=device)
+    return spec.torch(*args, out=buf)

@@ -24,6 +24,7 @@ class OpDef:
     fold: Optional[Callable]  # floats -> float, for constant folding (None: never folded)
     partials: Optional[Callable]  # (args, out) -> tuple of Expr, one per arg; None: no gradient
     boolean: bool = False  # result is a predicate (comparisons): only usable as where's condition or 0/1
+    takes_out: bool = True  # `torch` accepts out= (lets the tiled path reuse buffers across tiles)
 
 
 def _sign(v):
@@ -96,7 +97,8 @@ _OPS = [
     OpDef("tanh", 1, torch.tanh, math.tanh, lambda a, o: (N("sub", 1.0, N("mul", o, o)),)),
     OpDef("sigmoid", 1, torch.sigmoid, _sigmoid, lambda a, o: (N("mul", o, N("sub", 1.0, o)),)),
     OpDef("softplus", 1, torch.nn.functional.softplus, _softplus, lambda a, o: (N("sigmoid", a[0]),)),
-    OpDef("relu", 1, torch.relu, lambda x: max(x, 0.0), lambda a, o: (_where01(N("gt", a[0], 0.0)),)),
+    OpDef("relu", 1, torch.relu, lambda x: max(x, 0.0), lambda a, o: (_where01(N("gt", a[0], 0.0)),),
+          takes_out=False),
     OpDef("erf", 1, torch.erf, math.erf,
           lambda a, o: (N("mul", 2.0 / math.sqrt(math.pi), N("exp", N("neg", N("mul", a[0], a[0])))),)),
     OpDef("maximum", 2, torch.maximum, max, _p_maximum),
