@@ -12,6 +12,7 @@ import torch
 
 from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
+from ..ir.expr import peel_scale
 from ..reference import IDENTITY
 from .tiles import buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
 
@@ -67,9 +68,13 @@ class TiledConv(torch.autograd.Function):
         if reduce in ("max", "min"):
             arg = torch.empty(y.shape, dtype=torch.int64, device=x.device)
         arena = {}  # scratch buffers reused by every tile of the same shape
+        # sum/mean/max/min commute with a constant factor: reduce the core, scale the result
+        scale, core = peel_scale(spec.expr) if reduce != "logsumexp" else (1.0, spec.expr)
+        if scale < 0 and reduce in ("max", "min"):
+            reduce = "min" if reduce == "max" else "max"
         for t in tiles(g):
             cols = tile_cols(win, t, g, arena)[None]  # (1, Mt, CK)
-            taps = evaluate(spec.expr, cols, c.tile_weights(t), dtype=ct, arena=arena)
+            taps = evaluate(core, cols, c.tile_weights(t), dtype=ct, arena=arena)
             shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
             taps = _masked(_full(taps, shape), t, c, IDENTITY[reduce])
             r = buffer(arena, "r", shape[:2], ct, x.device)
@@ -83,10 +88,12 @@ class TiledConv(torch.autograd.Function):
                 i = buffer(arena, "i", shape[:2], torch.int64, x.device)
                 (torch.max if reduce == "max" else torch.min)(taps, -1, out=(r, i))
                 write_tile(arg, t, g, i)
+            if scale != 1.0:
+                r *= scale
             write_tile(y, t, g, r)
         ctx.c = c
         # logsumexp's backward needs the reduced value itself (softmax = exp(tap - y)), before bias.
-        ctx.save_for_backward(x, y if reduce == "logsumexp" else None, arg)
+        ctx.save_for_backward(x, y if c.reduce == "logsumexp" else None, arg)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.w_meta = [(w.shape, w.dtype) for w in wts]
         if bias is not None:
@@ -131,11 +138,13 @@ class TiledConv(torch.autograd.Function):
 def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
     """sum / mean / logsumexp: per tile, s = upstream x reduction weight; grads = sum s * partials."""
     g, spec, ct = c.g, c.spec, c.ct
-    partials = spec.partials()  # (d/dx, d/dw...)
+    # (d/dx, d/dw...), each as scale * core: the gradients are linear in the partials, so the core
+    # is reduced over the tile and the (small) result scaled
+    scales, cores = zip(*(peel_scale(p) for p in spec.partials()))
     gwin = windows(gxp, g)
     arena = {}
     dev = gy.device
-    exprs = list(partials) + ([spec.expr] if c.reduce == "logsumexp" else [])
+    exprs = list(cores) + ([spec.expr] if c.reduce == "logsumexp" else [])
     for t in tiles(g):
         cols = tile_cols(win, t, g, arena)[None]
         ot, mt, ck = t.o.stop - t.o.start, t.rows(g), cols.shape[-1]
@@ -154,15 +163,18 @@ def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
         if ctx.needs_input_grad[0]:
             torch.mul(s.expand(shape), vals[0], out=prod)
             gcols = torch.sum(_masked(prod, t, c, 0.0), 0, out=buffer(arena, "gcols", shape[1:], ct, dev))
+            if scales[0] != 1.0:
+                gcols *= scales[0]
             scatter_cols(gwin, t, g, gcols)
-        for n, pw, need in zip(c.names, vals[1:1 + len(c.names)], ctx.needs_input_grad[6:]):
+        for n, pw, sc, need in zip(c.names, vals[1:1 + len(c.names)], scales[1:], ctx.needs_input_grad[6:]):
             if not need:
                 continue
             if c.reduce != "logsumexp" and c.valid is None and pw.shape == shape:
-                gw[n][t.o] += torch.bmm(gt[:, None, :], pw).squeeze(1)  # sum over Mt as a matmul
+                part = torch.bmm(gt[:, None, :], pw).squeeze(1)  # sum over Mt as a matmul
             else:
                 torch.mul(s.expand(shape), pw, out=prod)
-                gw[n][t.o] += _masked(prod, t, c, 0.0).sum(1)
+                part = _masked(prod, t, c, 0.0).sum(1)
+            gw[n][t.o] += part * sc if sc != 1.0 else part
 
 
 def _backward_select(c: _Ctx, win, gxp, gw, gy, arg):

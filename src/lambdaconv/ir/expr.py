@@ -188,5 +188,23 @@ def substitute(e: Expr, mapping: dict) -> Expr:
     return memo[e]
 
 
+def peel_scale(e: Expr) -> tuple:
+    """(c, core) with e = c * core, c a finite nonzero constant peeled off the root (negations,
+    constant factors and divisors). Reductions that commute with scaling (sum, mean; max/min with
+    a sign swap) reduce the core and scale the small result: one pass less over every tap."""
+    c = 1.0
+    while True:
+        if e.op == "neg":
+            c, e = -c, e.args[0]
+        elif e.op == "mul" and e.args[0].is_const and is_finite_number(e.args[0].value) and e.args[0].value:
+            c, e = c * e.args[0].value, e.args[1]
+        elif e.op == "mul" and e.args[1].is_const and is_finite_number(e.args[1].value) and e.args[1].value:
+            c, e = c * e.args[1].value, e.args[0]
+        elif e.op == "div" and e.args[1].is_const and is_finite_number(e.args[1].value) and e.args[1].value:
+            c, e = c / e.args[1].value, e.args[0]
+        else:
+            return c, e
+
+
 def is_finite_number(v: float) -> bool:
     return not (math.isnan(v) or math.isinf(v))
