@@ -1,0 +1,218 @@
+"""`python -m lambdaconv.bench`: argument parsing and the run (what is timed against what)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from . import cases, methods, report, timing
+
+# fp32 taps per second an H100 can do with 2 CUDA-core instructions per tap: 33e12 instructions/s
+# (65.7 TFLOPS of FMA chains, measured; /shared/anchors) / 2. See docs/guide.md.
+ROOFLINE_TAPS_PER_S = 16.4e12
+CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lambdaconv.bench",
+        description="Time lambdaconv against nn.Conv2d, unfold+broadcast, torch.compile, cdist and "
+                    "pytorch-nd-semiconv in one run; prints a markdown table, writes JSON and a PNG.",
+        epilog=cases.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--quick", action="store_true", help="fewer ops, a smaller shape, fewer rounds (<1 min on 2 cores)")
+    p.add_argument("--ops", help=f"comma list of presets or op strings[:reduce] (default {cases.DEFAULT_OPS!r}; "
+                                 f"--quick: {cases.QUICK_OPS!r})")
+    p.add_argument("--shapes", help="comma list like N8C32O32H32k3 (default per device; see below)")
+    p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
+    p.add_argument("--backward", action="store_true", help="time forward + backward instead of the forward")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 10; CUDA 20; --quick 5)")
+    p.add_argument("--methods", default=",".join(methods.ALL),
+                   help="comma list of " + ", ".join(methods.ALL) + " ('backends': lambdaconv[NAME] rows)")
+    p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compiles take ~10 s each)")
+    p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN/cuBLAS (default off: fp32 is fp32)")
+    p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S, help="CUDA-core taps/s for the roofline column")
+    p.add_argument("--out", help="directory for bench_<device>_<fwd|fwdbwd>.{json,md,png}")
+    return p
+
+
+def _progress(total: int):
+    """tqdm bar on a terminal (stderr), nothing otherwise or without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="bench", unit="round", disable=None, leave=False)
+
+
+def _meta(args, device, dtype) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    meta = {"device": str(device), "device_name": name, "torch": torch.__version__, "python": sys.version.split()[0],
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "dtype": args.dtype,
+            "backward": args.backward, "rounds": args.rounds, "tf32": args.tf32,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m lambdaconv.bench " + " ".join(args.argv),
+            "check_tol": CHECK_TOL[dtype], "roofline_taps_per_s": args.roofline}
+    try:
+        import triton
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return meta
+
+
+class _Group:
+    """One (op, shape): its inputs and the methods timed against each other."""
+
+    def __init__(self, case, shape, device, dtype, wanted, backward):
+        self.case, self.shape = case, shape
+        self.x, self.ws = methods.make_inputs(case, shape, device, dtype)
+        self.methods = methods.methods_for(case, shape, self.x, self.ws, wanted, device, dtype)
+        oh, ow = shape.out_hw
+        self.gy = torch.randn(shape.n, shape.o, oh, ow, device=device, dtype=dtype) if backward else None
+        if backward:
+            for t in [self.x] + [t for m in self.methods for t in m.weights.values()]:
+                t.requires_grad_(True)
+        self.steps = {m.name: timing.make_step(m.fn, self.x, m.weights, self.gy, backward)
+                      for m in self.methods if m.fn is not None}
+        self.rows = {m.name: self._row(m) for m in self.methods}
+
+    def _row(self, m) -> dict:
+        r = {"op": self.case.label, "reduce": self.case.reduce, "shape": str(self.shape), "method": m.name,
+             "taps": self.shape.taps}
+        if m.backend:
+            r["backend"] = m.backend
+        if m.note:
+            r["note"] = m.note
+        if m.error:
+            r["error"] = m.error
+        return r
+
+    def check(self, device):
+        """Outputs of the methods that compute the op, against unfold's (else lambdaconv's)."""
+        order = sorted((m for m in self.methods if m.fn is not None and m.same_function),
+                       key=lambda m: m.name != "unfold")
+        ref = ref_name = None
+        for m in order:
+            try:
+                with torch.no_grad():
+                    y = m.fn(self.x, m.weights)
+            except Exception as err:
+                self.rows[m.name]["error"] = timing.describe(err)
+                self.steps.pop(m.name, None)
+                continue
+            if ref is None:
+                ref, ref_name = y, m.name
+            else:
+                self.rows[m.name]["rel_err"] = methods.rel_err(y, ref)
+                self.rows[m.name]["checked_against"] = ref_name
+            del y
+        del ref
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def memory(self, measure):
+        for name, step in self.steps.items():
+            if "error" not in self.rows[name]:
+                try:
+                    self.rows[name]["peak_mib"] = measure(step) / 2 ** 20
+                except Exception as err:
+                    self.rows[name]["error"] = "memory run: " + timing.describe(err)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    dtype = _DTYPES[args.dtype]
+    dev = "cuda" if device.type == "cuda" else "cpu"
+    ops = cases.parse_ops(args.ops or (cases.QUICK_OPS if args.quick else cases.DEFAULT_OPS))
+    shapes = cases.parse_shapes(args.shapes or (cases.QUICK_SHAPES if args.quick else cases.DEFAULT_SHAPES)[dev])
+    args.rounds = args.rounds or (5 if args.quick else 20 if dev == "cuda" else 10)
+    wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = wanted - set(methods.ALL)
+    if unknown:
+        raise SystemExit(f"unknown --methods {', '.join(sorted(unknown))}; expected {', '.join(methods.ALL)}")
+    if args.no_compile:
+        wanted.discard("compile")
+    meta = _meta(args, device, dtype)
+    cpu_mem = None
+    if not args.no_memory and dev == "cpu":
+        why = timing.CpuPeak.why_not()
+        meta["memory_note"] = ("peak MiB: peak RSS growth during one call (VmHWM after /proc/self/clear_refs), "
+                               "measured after all timing") if why is None else f"peak memory not measured: {why}"
+    elif not args.no_memory:
+        meta["memory_note"] = "peak MiB: torch.cuda.max_memory_allocated during one call, minus what was allocated before"
+
+    groups = [_Group(c, s, device, dtype, wanted, args.backward) for c in ops for s in shapes]
+    bar = _progress(sum(len(g.steps) + args.rounds for g in groups))
+    tick = (lambda n: bar.update(1)) if bar is not None else None
+    for g in groups:
+        if bar is not None:
+            bar.set_postfix_str(f"{g.case.label} {g.shape}")
+        g.check(device)
+        medians, errors = timing.interleaved(g.steps, args.rounds, device, tick=tick)
+        for name, err in errors.items():
+            g.rows[name]["error"] = err
+        for name, t in medians.items():
+            g.rows[name]["ms"] = t * 1e3
+        if dev == "cuda" and not args.no_memory:
+            g.memory(lambda step: timing.cuda_peak_bytes(step, device))
+    if bar is not None:
+        bar.close()
+    if dev == "cpu" and "memory_note" in meta and meta["memory_note"].startswith("peak MiB"):
+        cpu_mem = timing.CpuPeak()
+        if not cpu_mem.fixed:
+            meta["memory_note"] += " (malloc's mmap threshold could not be fixed: may miss reused heap memory)"
+        for g in groups:
+            g.memory(cpu_mem)
+    rows = []
+    for g in groups:
+        rs = list(g.rows.values())
+        base = {m: g.rows[m].get("ms") for m in ("unfold", "lambdaconv") if m in g.rows}
+        for r in rs:
+            if r.get("ms"):
+                for m, t in base.items():
+                    if t:
+                        r[f"vs_{m}"] = t / r["ms"]
+                if dev == "cuda" and not args.backward:
+                    r["roofline"] = r["taps"] / (r["ms"] * 1e-3) / args.roofline
+        rows += rs
+    return {"meta": meta, "rows": rows}
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    args.argv = argv
+    try:
+        res = run(args)
+    except ValueError as err:  # a bad --ops / --shapes
+        raise SystemExit(f"error: {err}")
+    md = report.markdown(res)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"bench_{res['meta']['device'].split(':')[0]}_"
+                                      f"{'fwdbwd' if args.backward else 'fwd'}")
+        report.write_json(res, stem + ".json")
+        with open(stem + ".md", "w") as fh:
+            fh.write(md)
+        wrote = [stem + ".json", stem + ".md"]
+        if report.plot(res, stem + ".png"):
+            wrote.append(stem + ".png")
+        else:
+            print("matplotlib is not installed: no PNG (pip install matplotlib)")
+        print("wrote " + ", ".join(wrote))
+    return res

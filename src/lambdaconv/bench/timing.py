@@ -1,0 +1,153 @@
+"""Timing and peak memory of benchmark steps.
+
+Timing: every method of one (op, shape) group is timed in the same rounds, one call each per
+round in a rotating order, and the median over rounds is reported; so load from other processes
+(2 shared cores) and clock changes hit every method alike. A call under ~1 ms is repeated inside
+its round (the count is fixed after warm-up) so that the timer's resolution does not matter. CUDA
+rounds synchronize before and after: the time is what the caller waits, launches included.
+
+Peak memory: on CUDA, max_memory_allocated during one step minus what was allocated before it.
+On CPU, the growth of the peak resident set (VmHWM) during one step, after resetting the peak
+through /proc/self/clear_refs (Linux). glibc keeps freed blocks of up to 32 MiB in its heap once
+it has seen one freed (its dynamic mmap threshold), so a step could reuse memory an earlier step
+freed and show no growth: CpuPeak fixes the threshold at 128 KiB, so that every tensor above
+that is mapped on allocation and unmapped on free, and trims the heap (malloc_trim) before each
+measurement, so that blocks freed before that are given back too. Mapping on every allocation
+slows allocation, so CPU memory is measured after all timing is done.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def describe(err: BaseException) -> str:
+    if isinstance(err, _OOM) or "out of memory" in str(err).lower():
+        return "out of memory"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def make_step(fn: Callable, x, weights: dict, gy, backward: bool) -> Callable:
+    """One timed unit: the forward under no_grad (inference), or forward + the gradients of x and
+    every weight (autograd.grad: nothing accumulates into .grad between calls)."""
+    if backward:
+        leaves = [x] + list(weights.values())
+
+        def step():
+            y = fn(x, weights)
+            torch.autograd.grad(y, leaves, gy.to(y.dtype), allow_unused=True)
+    else:
+        def step():
+            with torch.no_grad():
+                fn(x, weights)
+    return step
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def interleaved(steps: dict, rounds: int, device, warmup: int = 2, min_call_s: float = 1e-3,
+                tick: Optional[Callable] = None):
+    """Median seconds per call of each step, timed round-robin; (medians, errors).
+
+    A step that raises (out of memory, a compile failure, a peer's bug) gets an error instead of a
+    time and leaves the rounds; the others go on."""
+    errors, reps = {}, {}
+    for name, step in steps.items():
+        try:
+            for _ in range(warmup):  # compiles, autotunes, fills caches
+                step()
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            reps[name] = max(1, min(50, int(min_call_s / max(time.perf_counter() - t0, 1e-9))))
+        except Exception as err:
+            errors[name] = describe(err)
+            _free(device)
+        if tick:
+            tick(0)
+    live = [n for n in steps if n not in errors]
+    times = {n: [] for n in live}
+    for r in range(rounds):
+        k = r % len(live) if live else 0
+        for name in live[k:] + live[:k]:
+            if name in errors:
+                continue
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(reps[name]):
+                    steps[name]()
+                _sync(device)
+                times[name].append((time.perf_counter() - t0) / reps[name])
+            except Exception as err:
+                errors[name] = describe(err)
+                _free(device)
+        if tick:
+            tick(1)
+    return {n: statistics.median(v) for n, v in times.items() if n not in errors and v}, errors
+
+
+def cuda_peak_bytes(step: Callable, device) -> int:
+    _sync(device)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+class CpuPeak:
+    """Peak RSS growth of a step (see the module docstring). CpuPeak.why_not() says whether it works here."""
+
+    M_MMAP_THRESHOLD = -3  # mallopt parameter numbers (glibc malloc.h)
+
+    @staticmethod
+    def why_not() -> Optional[str]:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            _status("VmHWM:")
+        except (OSError, StopIteration, ValueError) as err:
+            return f"no /proc peak-RSS reset here ({type(err).__name__})"
+        return None
+
+    def __init__(self):
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.fixed = bool(self.libc.mallopt(self.M_MMAP_THRESHOLD, 128 * 1024))
+        except (OSError, AttributeError):
+            self.libc, self.fixed = None, False  # not glibc: may miss memory reused from the heap
+
+    def __call__(self, step: Callable) -> int:
+        gc.collect()
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+        base = _status("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # VmHWM := current RSS
+        step()
+        return _status("VmHWM:") - base
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key)) * 1024
