@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lambdaconv.bench import cases, timing
+from lambdaconv.bench import cases, main, timing
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -45,6 +45,9 @@ def test_bench_rows_json_png(tmp_path):
                 assert by[op][m]["rel_err"] < 1e-4 and by[op][m]["checked_against"] == "unfold"
     assert by["adder"]["unfold"]["vs_unfold"] == pytest.approx(1.0)
     assert res["meta"]["backward"] is False and res["meta"]["dtype"] == "float32"
+    # the table and plot again from the JSON alone (GPU results made where matplotlib is missing)
+    again = main(["--from-json", str(tmp_path / "bench_cpu_fwd.json"), "--out", str(tmp_path / "re")])
+    assert again["rows"] == res["rows"] and (tmp_path / "re" / "bench_cpu_fwd.png").exists()
 
 
 def test_bench_backward_with_compile(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -39,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN/cuBLAS (default off: fp32 is fp32)")
     p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S, help="CUDA-core taps/s for the roofline column")
     p.add_argument("--out", help="directory for bench_<device>_<fwd|fwdbwd>.{json,md,png}")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="measure nothing: merge these result files into one table and plot (e.g. runs made "
+                        "where matplotlib is not installed, or split into several runs)")
     return p
 
 
@@ -192,12 +196,30 @@ def run(args) -> dict:
     return {"meta": meta, "rows": rows}
 
 
+def merge(paths) -> dict:
+    """Several result files of one device and mode as one (meta of the first, commands of all)."""
+    res = None
+    for path in paths:
+        with open(path) as fh:
+            r = json.load(fh)
+        if res is None:
+            res = r
+            continue
+        for key in ("device_name", "dtype", "backward"):
+            if r["meta"][key] != res["meta"][key]:
+                raise SystemExit(f"error: {path} has {key} {r['meta'][key]!r}, the first file "
+                                 f"{res['meta'][key]!r}: not one table")
+        res["meta"]["command"] += "` and `" + r["meta"]["command"]
+        res["rows"] += r["rows"]
+    return res
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     args.argv = argv
     try:
-        res = run(args)
+        res = merge(args.from_json) if args.from_json else run(args)
     except ValueError as err:  # a bad --ops / --shapes
         raise SystemExit(f"error: {err}")
     md = report.markdown(res)
@@ -205,7 +227,7 @@ def main(argv=None) -> dict:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         stem = os.path.join(args.out, f"bench_{res['meta']['device'].split(':')[0]}_"
-                                      f"{'fwdbwd' if args.backward else 'fwd'}")
+                                      f"{'fwdbwd' if res['meta']['backward'] else 'fwd'}")
         report.write_json(res, stem + ".json")
         with open(stem + ".md", "w") as fh:
             fh.write(md)
