@@ -24,11 +24,16 @@ conv's zero (0 * inf = NaN) where the reference skips that tap.
 Precision: g_i and h_i are computed in float32 for half / bfloat16 inputs (float64 stays float64)
 and rounded once to the conv dtype, so a term like sin(2*x) is not rounded at every step. The
 conv runs in the input dtype; under autocast in the autocast dtype, as nn.Conv2d does (then the
-output has that dtype, as nn.Conv2d's has).
+output has that dtype, as nn.Conv2d's has): x stays float32 until each g_i(x) is written, rounded
+once, into the low-precision stack.
+
+Speed: for T >= 2 terms the stack is one buffer in the conv dtype that each g_i writes into in
+place (no float32 intermediates, no cat copy), and its backward is one fused multiply-add per term,
+sum_i g_i'(x) * dG_i (_Stack); per-call decisions (padding route, shapes, scales) are cached per
+(op, reduce, geometry) in a _Recipe, since at small sizes the conv is faster than Python.
 """
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import Geometry, pad_input
-from ..ir import OpSpec, topo_order
+from ..ir import OpSpec, partials, topo_order
 from ..ir.ops import OPS
 from ..ir.sympy_bridge import separate, value_at_zero
 from ..plan import plan_for
@@ -46,13 +51,14 @@ from .registry import Backend, register
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
        "pow": operator.pow, "neg": operator.neg}
+_OUT_OPS = ("pow", "mul", "exp", "sin", "cos")  # single-op g_i written straight into the stack (out=)
 
 
 def _compile(e):
     """(x, weights) -> value of e in torch ops, like ir.evaluate, with constants as Python floats:
     no tensor is created per call (on CUDA each would be a host-to-device copy) and a Python scalar
     never promotes the tensor it meets. Returns a float when e is a constant."""
-    order = [n for n in topo_order(e)]
+    order = topo_order(e)
 
     def run(x, w):
         memo = {}
@@ -69,19 +75,68 @@ def _compile(e):
                     v = _PY[n.op](*a)
                 else:  # constant arguments of non-arithmetic ops (maximum(x, 0), where) as tensors
                     like = next(t for t in a if isinstance(t, torch.Tensor))
-                    v = OPS[n.op].torch(*(t if isinstance(t, torch.Tensor) else torch.full((), t, dtype=like.dtype,
-                                                                                          device=like.device)
-                                          for t in a))
+                    v = OPS[n.op].torch(*(t if isinstance(t, torch.Tensor) else
+                                          torch.full((), t, dtype=like.dtype, device=like.device) for t in a))
             memo[n] = v
         return memo[e]
 
-    run.single = sum(n.op not in ("input", "weight", "const") for n in order) <= 1  # one rounding at most
     return run
 
 
 @dataclass(frozen=True)
+class _Term:
+    """One g_i(x): how to write it into its slot of the stack, and how to add g_i'(x) * dG_i."""
+    g: object  # compiled g_i
+    kind: str  # "x" (g = x), "op" (one op of x and constants: written with out=), "expr"
+    op: tuple  # for "op": (torch fn, args with None where x goes)
+    dkind: str  # g_i'(x) is "const" c, "cx" (c * x) or "expr"
+    dc: float
+    dg: object  # compiled g_i' for "expr"
+
+    def write(self, x, xc, slot):
+        if self.kind == "x":
+            slot.copy_(x)
+        elif self.kind == "op":  # computed in x's dtype (one rounding), cast on write
+            fn, args = self.op
+            fn(*(x if a is None else a for a in args), out=slot)
+        else:
+            slot.copy_(self.g(xc, None))
+
+    def accumulate(self, acc, xc, gslot):
+        """acc + g_i'(x) * dG_i, out of place (acc may alias the incoming gradient), in xc's dtype."""
+        if self.dkind == "const":
+            if acc is None:
+                return gslot.to(xc.dtype) if self.dc == 1.0 else torch.mul(gslot.to(xc.dtype), self.dc)
+            return torch.add(acc, gslot, alpha=self.dc)
+        d = xc if self.dkind == "cx" else self.dg(xc, None)
+        if acc is None:
+            out = torch.mul(d, gslot)
+            return out if self.dc == 1.0 else torch.mul(out, self.dc)
+        return torch.addcmul(acc, d, gslot, value=self.dc)
+
+
+def _term(g) -> _Term:
+    (dg,) = partials(g, (("input", "x"),))
+    if dg.is_const:
+        dkind, dc = "const", dg.value
+    elif dg.op == "input":
+        dkind, dc = "cx", 1.0
+    elif dg.op == "mul" and dg.args[0].is_const and dg.args[1].op == "input":
+        dkind, dc = "cx", dg.args[0].value
+    else:
+        dkind, dc = "expr", 1.0
+    if g.op == "input":
+        kind, op = "x", None
+    elif g.op in _OUT_OPS and all(a.op in ("input", "const") for a in g.args):
+        kind, op = "op", (OPS[g.op].torch, tuple(None if a.op == "input" else a.value for a in g.args))
+    else:
+        kind, op = "expr", None
+    return _Term(_compile(g), kind, op, dkind, dc, _compile(dg) if dkind == "expr" else None)
+
+
+@dataclass(frozen=True)
 class _Lowering:
-    gs: tuple  # compiled g_i(x)
+    terms: tuple  # _Term per g_i
     hs: tuple  # compiled h_i(w)
     const: object  # compiled c(w) without its numeric factor, or None
     const_scale: float  # c(w) = const_scale * const(w)
@@ -96,9 +151,68 @@ def _lowering(spec: OpSpec) -> _Lowering:
         c, scale = c.args[0], -1.0
     if c is not None and c.op == "mul" and c.args[0].is_const:
         c, scale = c.args[1], scale * c.args[0].value
-    return _Lowering(tuple(_compile(g) for g, _ in sep.terms), tuple(_compile(h) for _, h in sep.terms),
+    return _Lowering(tuple(_term(g) for g, _ in sep.terms), tuple(_compile(h) for _, h in sep.terms),
                      None if c is None else _compile(c), scale,
                      all(value_at_zero(g) == 0.0 for g, _ in sep.terms))
+
+
+class _Stack(torch.autograd.Function):
+    """G = [g_1(x), ..., g_T(x)] per group along channels, in the conv dtype; dx = sum_i g_i'(x) dG_i."""
+
+    @staticmethod
+    def forward(ctx, x, terms, groups, ct, cd):
+        n, c = x.shape[:2]
+        xv = x.unflatten(1, (groups, c // groups))
+        buf = torch.empty((n, groups, len(terms), c // groups) + tuple(x.shape[2:]), dtype=cd, device=x.device)
+        xc = None if all(t.kind != "expr" for t in terms) else (xv if xv.dtype == ct else xv.to(ct))
+        for i, t in enumerate(terms):
+            t.write(xv, xc, buf[:, :, i])
+        ctx.save_for_backward(x)
+        ctx.terms, ctx.groups, ctx.ct = terms, groups, ct
+        return buf.flatten(1, 3)
+
+    @staticmethod
+    def backward(ctx, gG):
+        (x,) = ctx.saved_tensors
+        groups, terms = ctx.groups, ctx.terms
+        xv = x.unflatten(1, (groups, x.shape[1] // groups))
+        xc = xv if xv.dtype == ctx.ct else xv.to(ctx.ct)
+        gv = gG.unflatten(1, (groups, len(terms), x.shape[1] // groups))
+        acc = None
+        for i in sorted(range(len(terms)), key=lambda i: terms[i].dkind != "const"):  # cheapest start
+            acc = terms[i].accumulate(acc, xc, gv[:, :, i])
+        return acc.flatten(1, 2).to(x.dtype), None, None, None, None
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """Everything about a call that depends only on (op, reduce, geometry), decided once."""
+    conv: object
+    stride: tuple
+    padding: object  # the native conv's padding argument
+    dilation: tuple
+    groups: int
+    pre: bool  # pad x before the g_i (reflect / replicate / circular / zeros with g_i(0) != 0)
+    post: tuple  # F.pad argument to zero-pad G after the g_i (asymmetric "ignore"), or ()
+    ignore: bool  # "ignore" with padding: constants and counts follow the validity mask
+    full: tuple  # (O, Cg, *k)
+    sum_dims: tuple  # every dim but O
+    mean_scale: float  # 1 / (Cg*K) for mean (not under ignore: that divides by the valid count)
+
+
+@lru_cache(maxsize=1024)
+def _recipe(spec: OpSpec, reduce: str, g: Geometry) -> _Recipe:
+    low = _lowering(spec)
+    padded = any(lo or hi for lo, hi in g.pad)
+    symmetric = all(lo == hi for lo, hi in g.pad)
+    ignore = g.padding_mode == "ignore" and padded
+    # The native conv pads g_i(x) with zeros: right for "ignore", and for "zeros" when g_i(0) = 0.
+    native = padded and symmetric and (ignore or (g.padding_mode == "zeros" and low.zero_safe))
+    flat = tuple(v for lh in reversed(g.pad) for v in lh)
+    return _Recipe(_CONV[g.dims], g.stride, tuple(lo for lo, _ in g.pad) if native else 0, g.dilation, g.groups,
+                   padded and not native and not ignore, flat if ignore and not native else (), ignore,
+                   (g.out_channels, g.cin_per_group) + g.kernel, tuple(range(1, g.dims + 2)),
+                   1.0 / (g.cin_per_group * g.taps) if reduce == "mean" and not ignore else 1.0)
 
 
 def _unsupported(call):
@@ -117,80 +231,74 @@ def _dtypes(x: torch.Tensor):
     return ct, cd
 
 
-def _as_full(v, full: tuple, dtype, device) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        return v.to(dtype).expand(full)
-    return torch.full((), v, dtype=dtype, device=device).expand(full)
+def _full(v, full: tuple, dtype, device) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        return torch.full((), v, dtype=dtype, device=device).expand(full)
+    if v.dtype != dtype:
+        v = v.to(dtype)
+    return v if v.shape == full else v.expand(full)
 
 
 def _run(x, bias, weights, call):
     g: Geometry = call.geometry
     low = _lowering(call.spec)
+    r = _recipe(call.spec, call.reduce, g)
     ct, cd = _dtypes(x)
-    d, T = g.dims, len(low.gs)
-    full = (g.out_channels, g.cin_per_group) + g.kernel
-    padded = any(lo or hi for lo, hi in g.pad)
-    symmetric = all(lo == hi for lo, hi in g.pad)
-    ignore = g.padding_mode == "ignore" and padded
-    # Where the zero padding goes: the native conv pads g_i(x) when that equals g_i(padded x).
-    native = padded and symmetric and (ignore or (g.padding_mode == "zeros" and low.zero_safe))
-    pre = padded and not native and not ignore  # pad x, then g (reflect, replicate, circular, zeros)
-    post = ignore and not native  # asymmetric "ignore": pad g_i(x) with zeros explicitly
+    terms = low.terms
 
-    xin = pad_input(x, g) if pre else x
-    gx = []
-    for fn in low.gs:
-        src = xin if (xin.dtype == ct or fn.single) else xin.to(ct)
-        gx.append(fn(src, None).to(cd))
-    if T == 1:
-        G = gx[0]
-    elif g.groups == 1:
-        G = torch.cat(gx, 1)
-    else:  # per group: [g_1 of the group's channels, g_2 of them, ...], matching H's layout
+    xin = pad_input(x, g) if r.pre else x
+    if len(terms) == 1 and terms[0].kind == "x":
+        G = xin if xin.dtype == cd else xin.to(cd)
+    elif len(terms) == 1:  # one term: plain autograd is already one kernel each way
+        G = terms[0].g(xin if (xin.dtype == ct or terms[0].kind == "op") else xin.to(ct), None)
+        G = G if G.dtype == cd else G.to(cd)
+    elif torch.compiler.is_compiling():  # traced: standard aten ops only (see library.py)
+        gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
         G = torch.stack([t.unflatten(1, (g.groups, g.cin_per_group)) for t in gx], 2).flatten(1, 3)
-    if post:
-        G = F.pad(G, [v for lh in reversed(g.pad) for v in lh])
+    else:
+        G = _Stack.apply(xin, terms, g.groups, ct, cd)
+    if r.post:
+        G = F.pad(G, r.post)
 
-    w = {n: t.to(ct) for n, t in weights.items()}
-    mean_scale = 1.0 / (g.cin_per_group * g.taps) if call.reduce == "mean" and not ignore else 1.0
-    hs = [_as_full(fn(None, w), full, ct, x.device) for fn in low.hs]
-    if mean_scale != 1.0:
-        hs = [h * mean_scale for h in hs]
-    H = (hs[0] if T == 1 else torch.stack(hs, 1).flatten(1, 2)).to(cd)
+    w = {n: (t if t.dtype == ct else t.to(ct)) for n, t in weights.items()}
+    hs = [_full(fn(None, w), r.full, ct, x.device) for fn in low.hs]
+    if r.mean_scale != 1.0:
+        hs = [h * r.mean_scale for h in hs]
+    H = hs[0] if len(hs) == 1 else torch.stack(hs, 1).flatten(1, 2)  # (O, T*Cg, *k), T-major per group
+    H = H if H.dtype == cd else H.to(cd)
 
-    mask = _mask(g, x.device, ct) if ignore else None
-    b = None if bias is None else bias.to(ct)
-    cmap = None
+    b = bias if bias is None or bias.dtype == ct else bias.to(ct)
+    cmap = mask = None
+    if r.ignore:
+        mask = _mask(g, x.device, ct)
     if low.const is not None:
-        cw = _as_full(low.const(None, w), full, ct, x.device)
-        alpha = low.const_scale * mean_scale
-        if ignore:  # constant at valid taps only: the mask convolved with the per-tap constant
-            per_tap = cw.sum(1, keepdim=True) * low.const_scale
+        cw = _full(low.const(None, w), r.full, ct, x.device)
+        if r.ignore:  # constant at valid taps only: the mask convolved with the per-tap constant
             with _autocast_off(x):  # tap counts and constants: never in bfloat16
-                cmap = _CONV[d](mask, per_tap, None, g.stride, 0, g.dilation)
+                cmap = r.conv(mask, cw.sum(1, keepdim=True) * low.const_scale, None, g.stride, 0, g.dilation)
         else:
-            s = cw.sum(tuple(range(1, d + 2)))
+            s = cw.sum(r.sum_dims)
+            alpha = low.const_scale * r.mean_scale
             b = torch.mul(s, alpha) if b is None else torch.add(b, s, alpha=alpha)
-    if ignore and call.reduce == "mean":
+    if r.ignore and call.reduce == "mean":
         bias_after, b = b, None  # mean over valid taps: the bias is added after the division
-    y = _CONV[d](G, H, None if b is None else b.to(cd), g.stride, [lo for lo, _ in g.pad] if native else 0,
-                 g.dilation, g.groups)
-    if ignore:
-        out = y.dtype
-        if cmap is not None:
-            y = y + cmap
-        if call.reduce == "mean":
-            with _autocast_off(x):
-                count = _CONV[d](mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=x.device), None, g.stride,
-                                 0, g.dilation) * g.cin_per_group
-            # A window with no valid tap is a mean of nothing: NaN, as in the reference, but only
-            # in the value: 1/0 in the gradient would turn the weights' gradient into NaN too.
-            has = count > 0
-            y = y * torch.where(has, 1.0 / count, 0.0) + torch.where(has, 0.0, float("nan"))
-            if bias_after is not None:
-                y = y + bias_after.reshape((1, -1) + (1,) * d)
-        y = y.to(out)
-    return y
+    y = r.conv(G, H, b if b is None or b.dtype == cd else b.to(cd), r.stride, r.padding, r.dilation, r.groups)
+    if not r.ignore:
+        return y
+    out = y.dtype
+    if cmap is not None:
+        y = y + cmap
+    if call.reduce == "mean":
+        with _autocast_off(x):
+            count = r.conv(mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=x.device), None, g.stride, 0,
+                           g.dilation) * g.cin_per_group
+        # A window with no valid tap is a mean of nothing: NaN, as in the reference, but only
+        # in the value: 1/0 in the gradient would turn the weights' gradient into NaN too.
+        has = count > 0
+        y = y * torch.where(has, 1.0 / count, 0.0) + torch.where(has, 0.0, float("nan"))
+        if bias_after is not None:
+            y = y + bias_after.reshape((1, -1) + (1,) * g.dims)
+    return y.to(out)
 
 
 def _autocast_off(x):
