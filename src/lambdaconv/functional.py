@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import backends
+from . import backends, library
 from .geometry import make_geometry
 from .ir import resolve_op, resolve_reduce
 
@@ -127,11 +127,17 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
 
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
            padding_mode="zeros", backend="auto"):
+    if library.tracing():  # torch.compile / torch.export: no op resolution in the traced code
+        return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+                                     padding_mode, backend)
     try:
         x, bias, ws, call, unbatched = prepare(d, input, op, weights, bias, stride, padding, dilation, groups,
                                                reduce, padding_mode, backend)
         b = backends.select(backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{_context(op, input, weights)}") from None
-    y = b.run(x, bias, ws, call)
+    if b.name in library.TRACEABLE:
+        y = b.run(x, bias, ws, call)
+    else:  # direct backends: autocast as nn.ConvNd, then the backend's own precision
+        y = library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
     return y[0] if unbatched else y

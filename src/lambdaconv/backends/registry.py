@@ -35,6 +35,26 @@ class Backend:
 
 _BACKENDS: dict = {}
 
+# Backends whose result depends on thread scheduling for some calls: name -> (call -> why or None).
+# Under torch.use_deterministic_algorithms(True) those calls are unsupported there, so "auto" moves
+# on (to "tiled": no atomics on CPU, and torch's deterministic index_add on CUDA) and naming the
+# backend raises. triton: the max/min backward adds winners' gradients with atomics
+# (triton/templates.py, BACKWARD_SELECT); its other kernels write disjoint slabs.
+NONDETERMINISTIC = {
+    "triton": lambda call: "its max/min backward accumulates with atomic adds (order-dependent rounding)"
+    if call.reduce in ("max", "min") else None,
+}
+
+
+def unsupported(b: "Backend", call: Call) -> Optional[str]:
+    """Why `b` cannot run `call` (its own reason, or determinism), or None."""
+    why = b.unsupported(call)
+    if why is None and torch.are_deterministic_algorithms_enabled() and b.name in NONDETERMINISTIC:
+        nd = NONDETERMINISTIC[b.name](call)
+        if nd:
+            why = f"{nd}, and torch.use_deterministic_algorithms(True) is on"
+    return why
+
 
 def register(b: Backend) -> Backend:
     _BACKENDS[b.name] = b
@@ -56,13 +76,13 @@ def select(name: str, call: Call) -> Backend:
     check_name(name)
     if name != "auto":
         b = _BACKENDS[name]
-        why = b.unsupported(call)
+        why = unsupported(b, call)
         if why:
             raise ValueError(f"backend {name!r} cannot run this convolution: {why}")
         return b
     ranked = sorted((b for b in _BACKENDS.values() if b.priority is not None), key=lambda b: b.priority)
     for b in ranked:
-        if b.unsupported(call) is None:
+        if unsupported(b, call) is None:
             return b
     raise RuntimeError("no backend supports this convolution")  # tiled supports everything
 
