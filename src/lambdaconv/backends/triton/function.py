@@ -13,7 +13,9 @@ import torch
 
 from ...geometry import Geometry, pad_input, valid_taps
 from . import tuning
-from .kernels import kernels
+from .kernels import half_exact, kernels
+
+_HALF = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16"}
 
 
 def interpreting() -> bool:
@@ -59,7 +61,10 @@ class TritonConv(torch.autograd.Function):
         k = consts(g, in_pad)
         need_x = ctx.needs_input_grad[0]
         need_w = tuple(bool(v) for v in ctx.needs_input_grad[6:])
-        mod = kernels(spec, reduce, need_x, need_w, interpreting())
+        compute = "tl.float32"
+        if x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and half_exact(spec, reduce):
+            compute = _HALF[x.dtype]
+        mod = kernels(spec, reduce, need_x, need_w, interpreting(), compute)
         wf = [_w_full(w, g).permute(0, 2, 3, 1).reshape(g.groups, -1, g.cout_per_group).contiguous()
               for w in wts]  # (G, CG*T, OG)
         N = g.batch

@@ -39,7 +39,22 @@ def _lines(fmt: str, names, **kw) -> str:
     return "\n".join(fmt.format(i=i, name=n, **kw) for i, n in enumerate(names))
 
 
-def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple) -> str:
+# Ops whose half-precision result is the float32 one rounded: one add/sub/max/min of the input and
+# one weight, negations aside (each rounds once, and max/min of rounded values is the rounded max).
+_EXACT_OPS = {"input", "weight", "add", "sub", "neg", "maximum", "minimum"}
+
+
+def half_exact(spec: OpSpec, reduce: str) -> bool:
+    """True if max/min of this op can be computed in fp16/bf16 (packed, twice the fp32 rate)
+    with the same result as computing in float32 and rounding the output."""
+    from ...ir import topo_order
+    nodes = topo_order(spec.expr)
+    binary = [n for n in nodes if n.op in ("add", "sub", "maximum", "minimum")]
+    return (reduce in ("max", "min") and len(spec.weight_names) == 1 and len(binary) == 1
+            and all(n.op in _EXACT_OPS for n in nodes))
+
+
+def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str = "tl.float32") -> str:
     """The module text: helpers, forward, and the backward kernels this call needs."""
     names = spec.weight_names
     wv = {n: f"w_{i}" for i, n in enumerate(names)}
@@ -49,7 +64,7 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple) -> str:
     code, (out,) = emit([spec.expr], "xv", wv, 12)
     parts.append(_fill(T.FORWARD, W_ARGS=_lines(T.W_ARG_FWD, names), W_LOADS=_lines(T.W_LOAD_FWD, names),
                        OP_CODE=code, OP_OUT=out, IDENTITY=ident, INIT=init, COMBINE=combine, FINISH=finish,
-                       AUX=aux))
+                       AUX=aux, COMPUTE=compute))
     partials = spec.partials()
     lse = reduce == "logsumexp"
     if reduce in ("max", "min"):
@@ -124,5 +139,5 @@ def load(text: str, interpret: bool):
     return mod
 
 
-def kernels(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, interpret: bool):
-    return load(source(spec, reduce, need_x, tuple(need_w)), interpret)
+def kernels(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, interpret: bool, compute="tl.float32"):
+    return load(source(spec, reduce, need_x, tuple(need_w), compute), interpret)

@@ -10,6 +10,10 @@ Forward: implicit GEMM, M = batch x output positions (BLOCK_M), N = out channels
 time: a column of x ([BLOCK_M, 1], gathered through the conv's index map) against a row of each
 weight ([1, BLOCK_N], contiguous), combined into 2-d accumulators. No 3-d broadcast and tl.sum:
 that makes the compiler split K across warps (shuffles, barriers, spills).
+
+Row masks reach 2-d tiles as float 0/1 vectors compared in 2-d (`okf[:, None] != 0.0`), never as
+broadcast booleans: with triton 3.6 on an H100 some tile configs computed a wrong `tl.where` from a
+broadcast boolean row mask (measured: gradient error 0.87 for 128x64 tiles, 8 warps, exact for others).
 """
 
 GEOMETRY = """\
@@ -48,6 +52,7 @@ $GEOMETRY
     T: tl.constexpr = KD * KH * KW
     P: tl.constexpr = OD * OH * OW
     S: tl.constexpr = ID * IH * IW
+    CT: tl.constexpr = $COMPUTE  # float32; fp16/bf16 only for ops exact in them (see kernels.py)
     g = tl.program_id(2)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -70,15 +75,16 @@ $INIT
         ih = oh * SH + kh * DH - PH
         iw = ow * SW + kw * DW - PW
         ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-        cnt += ok.to(tl.float32)
+        okf = tl.where(ok, 1.0, 0.0)
+        cnt += okf
         x_off = x_base + (id_ * (IH * IW) + ih * IW + iw)
         for c in range(CG):
-            xv = tl.load(x_ptr + x_off + c * S, mask=ok, other=0.0).to(tl.float32)[:, None]
+            xv = tl.load(x_ptr + x_off + c * S, mask=ok, other=0.0).to(CT)[:, None]
 $W_LOADS
 $OP_CODE
             v = $OP_OUT
             if IGNORE:
-                v = tl.where(ok[:, None], v, $IDENTITY)
+                v = tl.where(okf[:, None] != 0.0, v, $IDENTITY)
 $COMBINE
 $FINISH
     y_off = n.to(tl.int64)[:, None] * (O * P) + (g * OG + offs_o)[None, :] * P + p[:, None]
@@ -92,7 +98,7 @@ $FINISH
 
 W_ARG_FWD = "    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)"
 W_LOAD_FWD = ("            w_{i} = tl.load(w{i}_ptr + w_base + (c * T + t) * OG, mask=o_ok, other=0.0)"
-              ".to(tl.float32)[None, :]")
+              ".to(CT)[None, :]")
 
 # Per reduce: accumulator init, per-tap combine of `v`, finish into `res`, what SAVE_AUX stores.
 # max/min keep the winning tap only when a backward will need it (SAVE_AUX): a plain max is one
@@ -105,22 +111,22 @@ REDUCE = {
              "            acc += v",
              "    if IGNORE:\n        res = acc / (cnt * CG)[:, None]\n    else:\n        res = acc / (CG * T)",
              "res", "0.0"),
-    "max": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('-inf'), tl.float32)\n"
+    "max": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('-inf'), CT)\n"
             "    idx = tl.full([BLOCK_M, BLOCK_N], -1, tl.int32)",
             """\
             if SAVE_AUX:
                 # strictly greater keeps the first winner; NaN wins once and stays (torch.max)
-                better = (v > acc) | ((v != v) & (acc == acc)) | ((idx < 0) & ok[:, None])
+                better = (v > acc) | ((v != v) & (acc == acc)) | ((idx < 0) & (okf[:, None] != 0.0))
                 acc = tl.where(better, v, acc)
                 idx = tl.where(better, c * T + t, idx)
             else:
                 acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)""",
             "    res = acc", "idx", "float('-inf')"),
-    "min": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('inf'), tl.float32)\n"
+    "min": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('inf'), CT)\n"
             "    idx = tl.full([BLOCK_M, BLOCK_N], -1, tl.int32)",
             """\
             if SAVE_AUX:
-                better = (v < acc) | ((v != v) & (acc == acc)) | ((idx < 0) & ok[:, None])
+                better = (v < acc) | ((v != v) & (acc == acc)) | ((idx < 0) & (okf[:, None] != 0.0))
                 acc = tl.where(better, v, acc)
                 idx = tl.where(better, c * T + t, idx)
             else:
@@ -177,15 +183,16 @@ $GEOMETRY
         kd = t // (KH * KW)
         kh = (t // KW) % KH
         kw = t % KW
-        qd = id_ + PD - kd * DD
-        qh = ih + PH - kh * DH
-        qw = iw + PW - kw * DW
-        ok = m_ok & (qd >= 0) & (qh >= 0) & (qw >= 0)
-        ok = ok & (qd % SD == 0) & (qh % SH == 0) & (qw % SW == 0)
-        od = qd // SD
-        oh = qh // SH
-        ow = qw // SW
-        ok = ok & (od < OD) & (oh < OH) & (ow < OW)
+        # output position p with p * stride + k * dilation - pad = i; shifted by a multiple of the
+        # stride so that // and % only see non-negative numbers (C and Python round them alike)
+        qd = id_ + PD - kd * DD + SD * KD * DD
+        qh = ih + PH - kh * DH + SH * KH * DH
+        qw = iw + PW - kw * DW + SW * KW * DW
+        od = qd // SD - KD * DD
+        oh = qh // SH - KH * DH
+        ow = qw // SW - KW * DW
+        ok = m_ok & (qd % SD == 0) & (qh % SH == 0) & (qw % SW == 0)
+        ok = ok & (od >= 0) & (oh >= 0) & (ow >= 0) & (od < OD) & (oh < OH) & (ow < OW)
         s_off = s_base + (od * (OH * OW) + oh * OW + ow)
         for o in range(OG):
             gs = tl.load(gs_ptr + s_off + o * P, mask=ok, other=0.0)[:, None]
@@ -193,7 +200,8 @@ $W_LOADS
 $OP_CODE
 $SCALE
             # where, not a product with 0: the partial may be inf/NaN on a tap that does not exist
-            acc += tl.where(ok[:, None], gs * ($OUT_0), 0.0)
+            # (gs is 0 there). A real tap whose upstream gradient is exactly 0 is dropped too.
+            acc += tl.where(gs != 0.0, gs * ($OUT_0), 0.0)
     tl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=x_mask)
 '''
 
@@ -202,7 +210,7 @@ W_LOAD_X = ("            w_{i} = tl.load(w{i}_ptr + ((g * T + t) * OG + o) * CG 
             ".to(tl.float32)[None, :]")
 # logsumexp: the reduction's weight of a tap is its softmax exp(tap - y); `gs` is then the raw gradient.
 SCALE_LSE_X = ("            yv = tl.load(y_ptr + s_off + o * P, mask=ok, other=0.0)[:, None]\n"
-               "            gs = gs * tl.exp($FWD - yv)")
+               "            gs = tl.where(gs != 0.0, gs * tl.exp($FWD - yv), 0.0)")
 
 BACKWARD_W = '''
 
@@ -256,7 +264,10 @@ $GW_INIT
         x_at = n.to(tl.int64) * (C * S) + g * (CG * S) + (id_ * (IH * IW) + ih * IW + iw)
         xv = tl.load(x_ptr + x_at + offs_c * S, mask=c_ok & ok, other=0.0).to(tl.float32)[None, :]
         s_at = n.to(tl.int64) * (O * P) + (g * OG) * P + p
-        gs = tl.load(gs_ptr + s_at + offs_o * P, mask=o_ok, other=0.0)[:, None]
+        gs = tl.load(gs_ptr + s_at + offs_o * P, mask=o_ok, other=0.0)
+        if IGNORE:  # a padded tap does not exist; under "zeros" it is a real tap at x = 0
+            gs = tl.where(ok, gs, 0.0)
+        gs = gs[:, None]
 $SCALE
 $OP_CODE
 $GW_ACC
@@ -266,16 +277,12 @@ $GW_STORE
 W_LOAD_W = "    w_{i} = tl.load(w{i}_ptr + w_off, mask=w_mask, other=0.0).to(tl.float32)"
 GW_ARG = "    gw{i}_ptr,  # fp32 (SPLITS, G, T, OG, CG) partial gradient of weight {name!r}"
 GW_INIT = "    gw_{i} = tl.zeros([BLOCK_O, BLOCK_C], tl.float32)"
-# "zeros": a padded tap is a real tap at x = 0 and counts; "ignore": it does not exist (and its
-# partial may be inf/NaN at x = 0, so it is dropped by a select rather than multiplied by 0).
-GW_ACC = """\
-        d_{i} = gs * ({out})
-        if IGNORE:
-            d_{i} = tl.where(ok, d_{i}, 0.0)
-        gw_{i} += d_{i}"""
+# A tap that does not exist has gs = 0, and its partial may be inf/NaN: a select drops it (a
+# product with 0 would give NaN). A real tap whose upstream gradient is exactly 0 is dropped too.
+GW_ACC = "        gw_{i} += tl.where(gs != 0.0, gs * ({out}), 0.0)"
 GW_STORE = ("    tl.store(gw{i}_ptr + split * (O * CG * T) + w_off, gw_{i}, mask=w_mask)")
 SCALE_LSE_W = ("        yv = tl.load(y_ptr + s_at + offs_o * P, mask=o_ok, other=0.0)[:, None]\n"
-               "        gs = gs * tl.exp($FWD - yv)")
+               "        gs = tl.where(gs != 0.0, gs * tl.exp($FWD - yv), 0.0)")
 
 BACKWARD_SELECT = '''
 
@@ -386,11 +393,11 @@ $GW_INIT
         xv = tl.load(x_ptr + x_at[:, None] + offs_c[None, :] * S, mask=ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         s_at = n.to(tl.int64) * (O * P) + (g * OG + o) * P + p
-        gs = tl.load(gs_ptr + s_at, mask=m_ok, other=0.0)[:, None]
+        # under "zeros" a padded tap is a real tap at x = 0; under "ignore" it does not exist
         if IGNORE:
-            keep = ok[:, None]
+            gs = tl.load(gs_ptr + s_at, mask=ok, other=0.0)[:, None]
         else:
-            keep = m_ok[:, None]  # "zeros": a padded tap is a real tap at x = 0
+            gs = tl.load(gs_ptr + s_at, mask=m_ok, other=0.0)[:, None]
 $OP_CODE
 $GW_ACC
 $GW_STORE
@@ -398,7 +405,7 @@ $GW_STORE
 
 W_LOAD_W_ROWS = "    w_{i} = tl.load(w{i}_ptr + w_off, mask=c_ok, other=0.0).to(tl.float32)[None, :]"
 GW_INIT_ROWS = "    gw_{i} = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)"
-GW_ACC_ROWS = "        gw_{i} += tl.where(keep, gs * ({out}), 0.0)"
+GW_ACC_ROWS = GW_ACC
 GW_STORE_ROWS = "    tl.store(gw{i}_ptr + split * (O * CG * T) + w_off, tl.reduce(gw_{i}, 0, _add), mask=c_ok)"
 SCALE_LSE_W_ROWS = ("        yv = tl.load(y_ptr + s_at, mask=m_ok, other=0.0)[:, None]\n"
-                    "        gs = gs * tl.exp($FWD - yv)")
+                    "        gs = tl.where(gs != 0.0, gs * tl.exp($FWD - yv), 0.0)")

@@ -15,10 +15,10 @@ import torch
 
 _chosen: dict = {}
 
-# (BLOCK_M, BLOCK_N, num_warps): the 2-d accumulator tile of the outer-product kernels.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): the 2-d accumulator tile of the outer-product kernels.
 CANDIDATES = {
-    "fwd": [(128, 64, 8), (64, 64, 4), (128, 32, 4), (256, 64, 8)],
-    "bwd_x": [(128, 64, 8), (64, 64, 4), (128, 32, 4)],
+    "fwd": [(64, 32, 2, 1), (256, 32, 8, 1), (128, 16, 2, 1), (128, 64, 4, 1)],
+    "bwd_x": [(64, 32, 2, 1), (256, 32, 8, 1), (128, 64, 4, 1)],
 }
 _SECOND = {"fwd": "BLOCK_N", "bwd_x": "BLOCK_C"}
 
@@ -39,16 +39,21 @@ def _pow2_at_most(v: int, cap: int) -> int:
 
 def configs(kind: str, n_cols: int):
     if _interpreting():
-        return [(16, _pow2_at_most(n_cols, 16), 1)]
+        return [(16, _pow2_at_most(n_cols, 16), 1, 1)]
+    forced = os.environ.get("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,num_warps" (debugging)
+    if forced:
+        bm, bn, w, st = (int(v) for v in forced.split(","))
+        return [(bm, _pow2_at_most(n_cols, bn), w, st)]
+    tune = os.environ.get("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
     seen, out = set(), []
-    for bm, bn, w in CANDIDATES[kind]:
+    for bm, bn, w, st in CANDIDATES[kind]:
         bn = _pow2_at_most(n_cols, bn)  # no wasted columns for few channels per group
         if bn * 4 <= 64 and bm < 256:  # thin tiles: more rows keep the threads busy
             bm *= 2
         if (bm, bn) not in seen:
             seen.add((bm, bn))
-            out.append((bm, bn, w))
-    return out
+            out.append((bm, bn, w, st))
+    return out if tune else out[:1]
 
 
 def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
@@ -57,9 +62,9 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
     second = _SECOND[kind]
 
     def run(cfg):
-        bm, bn, w = cfg
+        bm, bn, w, st = cfg
         grid = ((rows + bm - 1) // bm, (n_cols + bn - 1) // bn, groups)
-        kernel[grid](*args, **kw, BLOCK_M=bm, **{second: bn}, num_warps=w)
+        kernel[grid](*args, **kw, BLOCK_M=bm, **{second: bn}, num_warps=w, num_stages=st)
 
     if len(cands) == 1:
         run(cands[0])

@@ -1,0 +1,122 @@
+"""The triton backend on a CUDA device against the float64 reference, forward and gradients.
+
+Every op the reference supports (presets, every IR function, every reduce), every conv option,
+fp32 with TF32 off (relative error < 1e-4) and fp16/bf16 within their rounding. Skipped without CUDA.
+"""
+import pytest
+import torch
+
+import lambdaconv as lc
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytest.importorskip("triton")
+
+CONV = {1: lc.conv1d, 2: lc.conv2d, 3: lc.conv3d}
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "0")  # one config per kernel: fewer compiles
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN pattern differs"
+    a, b = torch.nan_to_num(a, posinf=0, neginf=0), torch.nan_to_num(b, posinf=0, neginf=0)
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(d, op, reduce=None, n=2, c=4, o=6, size=9, k=3, dtype=torch.float32, wnames=("weight",), bias=True,
+          positive=False, seed=0, **kw):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    groups = kw.get("groups", 1)
+    x = torch.randn((n, c) + (size,) * d, device="cuda", generator=g)
+    if positive:
+        x = x.abs() + 0.2
+    ws = {w: torch.randn((o, c // groups) + (k,) * d, device="cuda", generator=g) * 0.5 for w in wnames}
+    b = torch.randn(o, device="cuda", generator=g) if bias else None
+    # the reference runs on the CPU in float64 (the definition; it is not a GPU path)
+    leaves = [t.to(dtype).requires_grad_() for t in [x, *ws.values()] + ([b] if bias else [])]
+    leaves_r = [t.detach().double().cpu().requires_grad_() for t in leaves]  # the same rounded inputs
+    out = []
+    for backend, lv in (("reference", leaves_r), ("triton", leaves)):
+        wd = dict(zip(wnames, lv[1:1 + len(wnames)]))
+        y = CONV[d](lv[0], op, wd, lv[-1] if bias else None, reduce=reduce, backend=backend, **kw)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype)
+        grads = torch.autograd.grad(y, lv, gy, allow_unused=True)
+        out.append([t if t is None else t.cpu() for t in [y, *grads]])
+    for name, a, r in zip(["y", "gx"] + [f"g{w}" for w in wnames] + ["gb"], out[1], out[0]):
+        r = torch.zeros_like(a, dtype=torch.float64) if r is None else r
+        assert a is not None, name
+        assert a.dtype == dtype, name
+        err = rel(a, r)
+        assert err < TOL[dtype], f"{op} {reduce} {kw}: {name} rel err {err:.2e}"
+
+
+PRESETS = ["linear", "offset", "quadratic", "adder", "l2", "dilation", "erosion"]
+REDUCES = ["sum", "mean", "max", "min", "logsumexp"]
+UNARY = ["abs", "sign", "exp", "expm1", "log", "log1p", "sqrt", "sin", "cos", "tan", "atan", "tanh", "sigmoid",
+         "softplus", "relu", "erf"]
+BINARY = ["maximum(x, weight)", "minimum(x, weight)", "x / weight", "x ** 2 * weight", "x ** 3 - weight",
+          "(abs(x) + 1) ** weight", "x ** 0.5 * weight", "where(x > weight, x, weight)", "clamp(x * weight, -0.5, 0.5)"]
+
+
+@pytest.mark.parametrize("op", PRESETS)
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_presets_every_reduce(op, reduce):
+    wn = ("A", "B") if op in ("offset", "quadratic") else ("weight",)
+    check(2, op, reduce, wnames=wn, padding=1)
+
+
+@pytest.mark.parametrize("expr", [f"{u}(x*weight)" for u in UNARY] + BINARY)
+def test_every_function(expr):
+    positive = any(f in expr for f in ("log", "sqrt", "0.5", "/"))
+    check(1, expr, size=17, positive=positive, padding=1)
+
+
+OPTIONS = [dict(padding=1, stride=2), dict(padding=2, dilation=2), dict(padding=1, groups=2),
+           dict(padding=1, groups=4, o=4, c=4), dict(padding=1, padding_mode="ignore"),
+           dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="replicate"),
+           dict(padding=2, padding_mode="circular", stride=3), dict(padding="same", k=4)]
+
+
+@pytest.mark.parametrize("kw", OPTIONS, ids=[str(k) for k in OPTIONS])
+@pytest.mark.parametrize("op,reduce", [("adder", None), ("dilation", None), ("x*weight", "logsumexp"),
+                                       ("adder", "mean")])
+def test_options(op, reduce, kw):
+    check(2, op, reduce, **kw)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("op", ["adder", "dilation"])
+def test_dims(d, op):
+    check(d, op, size=7 if d == 3 else 20, padding=1, stride=2 if d == 1 else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("dilation", None, ("weight",)),
+                                          ("sigmoid(A*x)*B", None, ("A", "B"))])
+def test_half(op, reduce, wn, dtype):
+    check(2, op, reduce, wnames=wn, dtype=dtype, padding=1)
+
+
+@pytest.mark.parametrize("op,reduce", [("adder", None), ("dilation", None), ("x+weight", "logsumexp")])
+def test_many_channels(op, reduce, monkeypatch):
+    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "1")
+    # tiles of 64 channels, the outer-product weight gradient, the tuner's candidates
+    check(2, op, reduce, n=3, c=48, o=80, size=12, padding=1)
+
+
+def test_auto_picks_triton_for_direct_ops():
+    from lambdaconv.backends import registry
+    from lambdaconv.functional import prepare
+    x = torch.randn(1, 2, 5, 5, device="cuda")
+    call = prepare(2, x, "adder", {"weight": torch.randn(2, 2, 3, 3, device="cuda")}, None, 1, 0, 1, 1, None,
+                   "zeros", "auto")[3]
+    assert registry.select("auto", call).name == "triton"
