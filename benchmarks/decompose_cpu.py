@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import lambdaconv as lc
+from lambdaconv.ir import resolve_op
 
 
 def interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict:
@@ -69,19 +70,25 @@ def terms(rounds: int) -> dict:
     g = torch.Generator().manual_seed(0)
     N, C, O, S, k = 8, 32, 32, 32, 3
     x = torch.randn(N, C, S, S, generator=g) * 0.5
+    from lambdaconv import plan
+    plan.MAX_TERMS = 10 ** 6  # measure past the threshold this measurement sets
+    plan._plan.cache_clear()
+    from lambdaconv.ir.sympy_bridge import separate
     out = {}
-    for T in (1, 2, 4, 8, 16, 24, 32):
-        op = " + ".join(f"A{j}*x**{j}" for j in range(1, T + 1))
-        ws = {f"A{j}": torch.randn(O, C, k, k, generator=g) * 0.1 for j in range(1, T + 1)}
-        spec = lc.ir.resolve_op(op)
-        from lambdaconv.ir.sympy_bridge import separate
-        assert len(separate(spec.expr).terms) == T
+    # Long polynomials (the direct path's cost grows with the op too), then compact ops whose
+    # expansion is long (the direct path's cost does not grow): the worst case for decompose.
+    cases = [(T, " + ".join(f"A{j}*x**{j}" for j in range(1, T + 1))) for T in (1, 2, 4, 8, 16, 32, 48)]
+    cases += [(p, f"(x*A1 + 1)**{p}") for p in (3, 6, 9, 12)]
+    for T, op in cases:
+        names = resolve_op(op).weight_names
+        ws = {n: torch.randn(O, C, k, k, generator=g) * 0.1 for n in names}
+        assert len(separate(resolve_op(op).expr).terms) == T
         fns = {b: (lambda b=b: lc.conv2d(x, op, ws, padding=1, backend=b)) for b in ("decompose", "tiled")}
         with torch.no_grad():
             t = interleaved(fns, rounds, warmup=1)
-        out[T] = {"decompose_ms": t["decompose"] * 1e3, "tiled_ms": t["tiled"] * 1e3,
+        out[op] = {"terms": T, "decompose_ms": t["decompose"] * 1e3, "tiled_ms": t["tiled"] * 1e3,
                   "tiled_over_decompose": t["tiled"] / t["decompose"]}
-        print(f"T={T:3d}  decompose {t['decompose'] * 1e3:8.2f} ms   tiled {t['tiled'] * 1e3:8.2f} ms   "
+        print(f"{op[:30]:30s} T={T:3d}  decompose {t['decompose'] * 1e3:8.2f} ms   tiled {t['tiled'] * 1e3:8.2f} ms   "
               f"tiled/decompose {t['tiled'] / t['decompose']:.1f}x", flush=True)
     return out
 

@@ -105,8 +105,8 @@ class _Term:
     def accumulate(self, acc, xc, gslot):
         """acc + g_i'(x) * dG_i, out of place (acc may alias the incoming gradient), in xc's dtype."""
         if self.dkind == "const":
-            if acc is None:
-                return gslot.to(xc.dtype) if self.dc == 1.0 else torch.mul(gslot.to(xc.dtype), self.dc)
+            if acc is None:  # dG_i itself (a view, never written to): the next term promotes it
+                return gslot if self.dc == 1.0 else torch.mul(gslot.to(xc.dtype), self.dc)
             return torch.add(acc, gslot, alpha=self.dc)
         d = xc if self.dkind == "cx" else self.dg(xc, None)
         if acc is None:
