@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,8 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list of " + ", ".join(methods.ALL) + " ('backends': lambdaconv[NAME] rows)")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compiles take ~10 s each)")
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is steadier on a shared machine)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN/cuBLAS (default off: fp32 is fp32)")
     p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S, help="CUDA-core taps/s for the roofline column")
+    p.add_argument("--note", help="a line about the conditions (e.g. '2 cores shared with other jobs') for the report")
     p.add_argument("--out", help="directory for bench_<device>_<fwd|fwdbwd>.{json,md,png}")
     p.add_argument("--from-json", nargs="+", metavar="JSON",
                    help="measure nothing: merge these result files into one table and plot (e.g. runs made "
@@ -65,6 +68,8 @@ def _meta(args, device, dtype) -> dict:
             "backward": args.backward, "rounds": args.rounds, "tf32": args.tf32,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m lambdaconv.bench " + " ".join(args.argv),
             "check_tol": CHECK_TOL[dtype], "roofline_taps_per_s": args.roofline}
+    if args.note:
+        meta["note"] = args.note
     try:
         import triton
         meta["triton"] = triton.__version__
@@ -132,6 +137,18 @@ class _Group:
                     self.rows[name]["error"] = "memory run: " + timing.describe(err)
 
 
+def _recompile_room(groups: int):
+    """Every group's torch.compile runs the same function code (unfold_conv's closure) at another
+    shape or op, and dynamo counts those as recompiles of one function: past its limit (8) a
+    fullgraph compile fails. Room for each group's graphs (no_grad and grad: 2) while we run."""
+    try:
+        import torch._dynamo.config as dc
+    except ImportError:
+        return contextlib.nullcontext()
+    name = "recompile_limit" if hasattr(dc, "recompile_limit") else "cache_size_limit"
+    return dc.patch(**{name: max(getattr(dc, name), 2 * groups + 8)})
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -139,6 +156,8 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = args.tf32
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = _DTYPES[args.dtype]
     dev = "cuda" if device.type == "cuda" else "cpu"
     ops = cases.parse_ops(args.ops or (cases.QUICK_OPS if args.quick else cases.DEFAULT_OPS))
@@ -151,7 +170,6 @@ def run(args) -> dict:
     if args.no_compile:
         wanted.discard("compile")
     meta = _meta(args, device, dtype)
-    cpu_mem = None
     if not args.no_memory and dev == "cpu":
         why = timing.CpuPeak.why_not()
         meta["memory_note"] = ("peak MiB: peak RSS growth during one call (VmHWM after /proc/self/clear_refs), "
@@ -160,6 +178,26 @@ def run(args) -> dict:
         meta["memory_note"] = "peak MiB: torch.cuda.max_memory_allocated during one call, minus what was allocated before"
 
     groups = [_Group(c, s, device, dtype, wanted, args.backward) for c in ops for s in shapes]
+    with _recompile_room(len(groups)):
+        _measure(groups, args, device, meta)
+    rows = []
+    for g in groups:
+        rs = list(g.rows.values())
+        base = {m: g.rows[m].get("ms") for m in ("unfold", "lambdaconv") if m in g.rows}
+        for r in rs:
+            if r.get("ms"):
+                for m, t in base.items():
+                    if t:
+                        r[f"vs_{m}"] = t / r["ms"]
+                if dev == "cuda" and not args.backward:
+                    r["roofline"] = r["taps"] / (r["ms"] * 1e-3) / args.roofline
+        rows += rs
+    return {"meta": meta, "rows": rows}
+
+
+def _measure(groups, args, device, meta):
+    """Time every group, then measure memory (CUDA: per group; CPU: after all timing)."""
+    dev = device.type
     bar = _progress(sum(len(g.steps) + args.rounds for g in groups))
     tick = (lambda n: bar.update(1)) if bar is not None else None
     for g in groups:
@@ -175,25 +213,12 @@ def run(args) -> dict:
             g.memory(lambda step: timing.cuda_peak_bytes(step, device))
     if bar is not None:
         bar.close()
-    if dev == "cpu" and "memory_note" in meta and meta["memory_note"].startswith("peak MiB"):
+    if dev == "cpu" and meta.get("memory_note", "").startswith("peak MiB"):
         cpu_mem = timing.CpuPeak()
         if not cpu_mem.fixed:
             meta["memory_note"] += " (malloc's mmap threshold could not be fixed: may miss reused heap memory)"
         for g in groups:
             g.memory(cpu_mem)
-    rows = []
-    for g in groups:
-        rs = list(g.rows.values())
-        base = {m: g.rows[m].get("ms") for m in ("unfold", "lambdaconv") if m in g.rows}
-        for r in rs:
-            if r.get("ms"):
-                for m, t in base.items():
-                    if t:
-                        r[f"vs_{m}"] = t / r["ms"]
-                if dev == "cuda" and not args.backward:
-                    r["roofline"] = r["taps"] / (r["ms"] * 1e-3) / args.roofline
-        rows += rs
-    return {"meta": meta, "rows": rows}
 
 
 def merge(paths) -> dict:

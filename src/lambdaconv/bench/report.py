@@ -20,7 +20,10 @@ def markdown(res: dict) -> str:
     what = "forward + backward (grads of x and every weight)" if meta["backward"] else "forward (no_grad)"
     lines = [f"# lambdaconv.bench: {meta['device_name']}, {meta['dtype']}, {what}", "",
              f"torch {meta['torch']}, {meta['threads']} CPU threads, {meta['rounds']} interleaved rounds, "
-             f"medians. `{meta['command']}`", "",
+             f"medians. `{meta['command']}`", ""]
+    if meta.get("note"):
+        lines += [f"Conditions: {meta['note']}", ""]
+    lines += [
              "`vs unfold` / `vs lambdaconv`: how many times faster this row is than that one (> 1: faster).",
              "nn.Conv2d computes the linear op at the same shape: the floor for ops that lower to it."]
     if meta.get("memory_note"):
