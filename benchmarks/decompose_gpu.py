@@ -241,8 +241,9 @@ def main():
         if not isinstance(rows, dict) or "error" in rows:
             continue
         for name, r in rows.items():
-            print(f"{mode:14s} {name:24s} fwd+bwd {r.get('fwd_bwd_ratio', float('nan')):.3f}x  "
-                  f"graph {r.get('fwd_bwd_graph_ratio', float('nan')):.3f}x  fwd {r.get('fwd_ratio', float('nan')):.3f}x")
+            nan = float("nan")
+            print(f"{mode:14s} {name:24s} fwd+bwd {r.get('fwd_bwd_ratio', nan):.3f}x  "
+                  f"graph {r.get('fwd_bwd_graph_ratio', nan):.3f}x  fwd {r.get('fwd_ratio', nan):.3f}x")
 
 
 if __name__ == "__main__":

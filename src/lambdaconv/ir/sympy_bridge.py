@@ -38,6 +38,7 @@ class Separation:
     terms: tuple = ()  # ((g_i: Expr of x only, h_i: Expr of weights / constants only), ...)
     const: Optional[Expr] = None  # the weights-only remainder (None: there is none)
     reason: Optional[str] = None  # why the op does not separate (then terms and const are empty)
+    const_split: tuple = ()  # const = k * rest as (k: float, rest: Expr): k folds into a scalar argument
 
     @property
     def ok(self) -> bool:
@@ -217,8 +218,10 @@ def _separate(e: Expr, ctx: _Ctx) -> Separation:
         raise _NotSeparable("the op does not depend on x once simplified")
     terms.sort(key=lambda gh: sp.default_sort_key(gh[0]))
     c = sp.Add(*consts)
+    k, rest = c.as_coeff_Mul() if c.is_Mul else (sp.Integer(1), c)
     return Separation(tuple((from_sympy(g, ctx), from_sympy(h, ctx)) for g, h in terms),
-                      None if c == 0 else from_sympy(c, ctx))
+                      None if c == 0 else from_sympy(c, ctx), None,
+                      () if c == 0 else (float(k), from_sympy(rest, ctx)))
 
 
 def _why(f: sp.Expr, ctx: _Ctx) -> str:
