@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import lambdaconv as lc  # noqa: E402
 
 ROOF_TAPS_PER_S = 16.4e12
+PARTIAL = None
 SHAPES = {"N16 C64 O64 56x56": (16, 64, 64, 56), "N16 C256 O256 14x14": (16, 256, 256, 14)}
 OPS = {  # name -> (lambdaconv op, reduce, weight names, torch per-tap fn, torch reduce)
     "adder": ("-abs(x-W)", "sum", ("W",), lambda x, w: -(x - w["W"]).abs(), "sum"),
@@ -104,6 +105,9 @@ def measure(name, fwd, x, ws, gy, rows, key, fwd_only=False):
         torch.cuda.empty_cache()
     rows.append(r)
     print(json.dumps(r), flush=True)
+    if PARTIAL:  # a run cut short by a time limit still leaves its rows
+        with open(PARTIAL, "w") as f:
+            json.dump(rows, f, indent=1)
     return r
 
 
@@ -180,6 +184,8 @@ def main():
     p.add_argument("--eager", action="store_true", help="also unfold+broadcast eager (slow, 14-28 GiB)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    global PARTIAL
+    PARTIAL = os.path.join(args.out, "partial_rows.json")
     res = run(args)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -115,6 +115,12 @@ else:
             y = CONV[2](x, "dilation", ws, padding=1, backend="triton")
         yr = CONV[2](x.double(), "dilation", {k: v.double() for k, v in ws.items()}, padding=1, backend="reference")
         assert rel_err(y, yr) < 1e-6
+        # fp16 inference computes max-plus in fp16: the rounded fp32 result, bit for bit
+        xh, wh = x.detach().half(), {k: v.detach().half() for k, v in ws.items()}
+        with torch.no_grad():
+            yh = CONV[2](xh, "dilation", wh, padding=1, backend="triton")
+            y32 = CONV[2](xh.float(), "dilation", {k: v.float() for k, v in wh.items()}, padding=1, backend="triton")
+        assert torch.equal(yh, y32.half())
 
     def _race(args):
         path, text, n = args

@@ -106,6 +106,18 @@ def test_half(op, reduce, wn, dtype):
     check(2, op, reduce, wnames=wn, dtype=dtype, padding=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["dilation", "erosion"])
+def test_half_inference_is_rounded_fp32(op, dtype):
+    # without grad, max/min of x+W run in half precision (packed): same values as fp32 then rounding
+    x = torch.randn(4, 16, 20, 20, device="cuda").to(dtype)
+    w = {"weight": (torch.randn(24, 16, 3, 3, device="cuda") * 0.5).to(dtype)}
+    with torch.no_grad():
+        y = lc.conv2d(x, op, w, padding=1, backend="triton")
+        y32 = lc.conv2d(x.float(), op, {"weight": w["weight"].float()}, padding=1, backend="triton")
+    assert torch.equal(y, y32.to(dtype))
+
+
 @pytest.mark.parametrize("op,reduce", [("adder", None), ("dilation", None), ("x+weight", "logsumexp")])
 def test_many_channels(op, reduce, monkeypatch):
     monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "1")

@@ -61,15 +61,17 @@ class TritonConv(torch.autograd.Function):
         k = consts(g, in_pad)
         need_x = ctx.needs_input_grad[0]
         need_w = tuple(bool(v) for v in ctx.needs_input_grad[6:])
+        grad = need_x or any(need_w)
         compute = "tl.float32"
-        if x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and half_exact(spec, reduce):
+        # Inference only: rounding to half precision creates ties, and the winner of a tie among
+        # rounded values need not be the true argmax that the gradient must go to.
+        if not grad and x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and half_exact(spec, reduce):
             compute = _HALF[x.dtype]
         mod = kernels(spec, reduce, need_x, need_w, interpreting(), compute)
         wf = [_w_full(w, g).permute(0, 2, 3, 1).reshape(g.groups, -1, g.cout_per_group).contiguous()
               for w in wts]  # (G, CG*T, OG)
         N = g.batch
         y = torch.empty((N, g.out_channels) + g.out_size, dtype=x.dtype, device=x.device)
-        grad = need_x or any(need_w)
         save_aux = grad and reduce in ("max", "min", "logsumexp")
         aux = None
         if save_aux:

@@ -46,7 +46,7 @@ $W_ARGS
     n_rows,  # N * OD * OH * OW
 $GEOMETRY
     HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
 ):
     # weights are laid out (G, CG * T, OG): the row of tap (c, t) is contiguous over out channels
     T: tl.constexpr = KD * KH * KW
@@ -78,7 +78,7 @@ $INIT
         okf = tl.where(ok, 1.0, 0.0)
         cnt += okf
         x_off = x_base + (id_ * (IH * IW) + ih * IW + iw)
-        for c in range(CG):
+        for c in tl.range(CG, loop_unroll_factor=UNROLL):  # unrolled: loads issued ahead of the math
             xv = tl.load(x_ptr + x_off + c * S, mask=ok, other=0.0).to(CT)[:, None]
 $W_LOADS
 $OP_CODE
@@ -156,7 +156,7 @@ $W_ARGS
     gx_ptr,  # gradient of the input, (N, C, ID, IH, IW) in the input dtype
     n_rows,  # N * ID * IH * IW
 $GEOMETRY
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
 ):
     # Gather, no atomics: each program owns BLOCK_M input positions x BLOCK_C in-channels and sums
     # over the out channels of the group and the taps whose window covers them (stride phases
@@ -194,7 +194,7 @@ $GEOMETRY
         ok = m_ok & (qd % SD == 0) & (qh % SH == 0) & (qw % SW == 0)
         ok = ok & (od >= 0) & (oh >= 0) & (ow >= 0) & (od < OD) & (oh < OH) & (ow < OW)
         s_off = s_base + (od * (OH * OW) + oh * OW + ow)
-        for o in range(OG):
+        for o in tl.range(OG, loop_unroll_factor=UNROLL):
             gs = tl.load(gs_ptr + s_off + o * P, mask=ok, other=0.0)[:, None]
 $W_LOADS
 $OP_CODE
