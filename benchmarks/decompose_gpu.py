@@ -211,11 +211,53 @@ def threshold(budget_s: float) -> dict:
     return out
 
 
+def render(res: dict) -> str:
+    """The markdown summary of a result JSON (also: --render FILE, no GPU needed)."""
+    m = res["meta"]
+    lines = [f"# decompose backend, GPU ({m['device']}, torch {m['torch']}, cuDNN {m['cudnn']})", "",
+             "N16 C64 O64 56x56 k3 pad1, fwd+bwd = torch.autograd.grad of input, weights and bias. Ratios to "
+             "nn.Conv2d measured side by side in one run. *eager*: triton.testing.do_bench median (includes "
+             "Python and launch time); *graph*: the same calls replayed from a CUDA graph (GPU work alone); "
+             "kernels: profiler count per call.", ""]
+    for mode, rows in res.get("bars", {}).items():
+        if "error" in rows:
+            continue
+        lines += [f"## {mode}", "", "| variant | eager fwd+bwd ms | ratio | graph fwd+bwd ms | ratio | kernels | "
+                  "host ms/call | eager fwd ratio |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            prof = r.get("profile") if isinstance(r.get("profile"), dict) else {}
+            lines.append(f"| {name} | {r['fwd_bwd_ms']:.4f} | {r.get('fwd_bwd_ratio', 0):.3f}x | "
+                         f"{r.get('fwd_bwd_graph_ms', float('nan')):.4f} | {r.get('fwd_bwd_graph_ratio', 0):.3f}x | "
+                         f"{prof.get('kernels_per_call', '?')} | {r.get('fwd_bwd_host_ms', float('nan')):.3f} | "
+                         f"{r.get('fwd_ratio', 0):.3f}x |")
+        lines.append("")
+    bad = [k for k, v in res.get("correctness", {}).items() if isinstance(v, dict) and not v.get("ok", True)]
+    lines += ["Correctness (offset, quadratic, l2, A*sin(x+B); zeros, ignore, reflect; float32 and bf16 autocast "
+              "vs the float64 CPU reference, forward and all gradients): " + ("all within tolerance" if not bad
+                                                                              else f"FAILED: {bad}"), ""]
+    if res.get("notes"):
+        lines += ["Notes:", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    if res.get("threshold") and "error" not in res["threshold"]:
+        lines += ["Term threshold, forward eager, N8 C32 O32 32x32 (ms):", ""]
+        for op, row in res["threshold"].items():
+            lines.append(f"- `{op}`: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in row.items()))
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--budget", type=float, default=240.0, help="seconds after which optional parts are skipped")
+    ap.add_argument("--render", help="only write the markdown of this result JSON next to it")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            text = render(json.load(f))
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(text)
+        print(text)
+        return
     os.makedirs(args.out, exist_ok=True)
     res = {"meta": {"torch": torch.__version__, "device": torch.cuda.get_device_name(),
                     "cudnn": torch.backends.cudnn.version(), "python": sys.version.split()[0]}}
@@ -235,6 +277,8 @@ def main():
             print(res[part]["error"], flush=True)
         print(f"[{part}: {time.time() - t:.1f} s]", flush=True)
         save()
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(render(res))
     bad = [k for k, v in res.get("correctness", {}).items() if isinstance(v, dict) and not v.get("ok", True)]
     print("correctness:", "all ok" if not bad else f"FAILED {bad}")
     for mode, rows in res.get("bars", {}).items():

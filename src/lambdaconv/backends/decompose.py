@@ -225,14 +225,14 @@ class _AffineConv(torch.autograd.Function):
         gb = gb if gb.dtype == ct else gb.to(ct)
         gbv = gb.reshape((-1,) + (1,) * (d + 1))
         xdt, pdt, qdt, bdt = ctx.dtypes
-        gP = torch.addcmul(gPc, Qt, gbv, value=alpha).to(pdt) if need[1] else None
+        gP = _cast(torch.addcmul(gPc, Qt, gbv, value=alpha), pdt) if need[1] else None
         gQ = None
         if need[2]:
             key = (gb.device, ct)
             if key not in _ZERO:
                 _ZERO[key] = torch.zeros((), dtype=ct, device=gb.device)
-            gQ = torch.addcmul(_ZERO[key], Pt, gbv, value=alpha).to(qdt)
-        return (None if gx is None else gx.to(xdt), gP, gQ, gb.to(bdt) if need[3] else None,
+            gQ = _cast(torch.addcmul(_ZERO[key], Pt, gbv, value=alpha), qdt)
+        return (None if gx is None else _cast(gx, xdt), gP, gQ, _cast(gb, bdt) if need[3] else None,
                 None, None, None, None)
 
 
@@ -356,6 +356,10 @@ def _run(x, bias, weights, call):
         if bias_after is not None:
             y = y + bias_after.reshape((1, -1) + (1,) * g.dims)
     return y.to(out)
+
+
+def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)  # a no-op .to() still costs a dispatch
 
 
 def _autocast_off(x):
