@@ -138,4 +138,4 @@ def parse_ops(text: str) -> list:
 DEFAULT_OPS = "offset,quadratic,adder,dilation,sigmoid(A*x)*B"
 QUICK_OPS = "offset,adder,dilation"
 DEFAULT_SHAPES = {"cpu": "N8C32O32H32k3", "cuda": "N16C64O64H56k3,N16C256O256H14k3"}
-QUICK_SHAPES = {"cpu": "N4C16O16H16k3", "cuda": "N16C64O64H56k3"}
+QUICK_SHAPES = {"cpu": "N4C32O32H32k3", "cuda": "N16C64O64H56k3"}

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -38,9 +39,12 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list of " + ", ".join(methods.ALL) + " ('backends': lambdaconv[NAME] rows)")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compiles take ~10 s each)")
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
+    p.add_argument("--glibc-malloc", action="store_true",
+                   help="CPU: keep glibc's adaptive malloc thresholds (default: fixed, see timing.steady_malloc)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is steadier on a shared machine)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN/cuBLAS (default off: fp32 is fp32)")
-    p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S, help="CUDA-core taps/s for the roofline column")
+    p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S,
+                   help="CUDA-core taps/s for the roofline column (default: H100, 2 instructions per tap)")
     p.add_argument("--note", help="a line about the conditions (e.g. '2 cores shared with other jobs') for the report")
     p.add_argument("--out", help="directory for bench_<device>_<fwd|fwdbwd>.{json,md,png}")
     p.add_argument("--from-json", nargs="+", metavar="JSON",
@@ -66,7 +70,7 @@ def _meta(args, device, dtype) -> dict:
     meta = {"device": str(device), "device_name": name, "torch": torch.__version__, "python": sys.version.split()[0],
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "dtype": args.dtype,
             "backward": args.backward, "rounds": args.rounds, "tf32": args.tf32,
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m lambdaconv.bench " + " ".join(args.argv),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m lambdaconv.bench " + shlex.join(args.argv),
             "check_tol": CHECK_TOL[dtype], "roofline_taps_per_s": args.roofline}
     if args.note:
         meta["note"] = args.note
@@ -175,8 +179,12 @@ def run(args) -> dict:
         meta["memory_note"] = ("peak MiB: peak RSS growth during one call (VmHWM after /proc/self/clear_refs), "
                                "measured after all timing") if why is None else f"peak memory not measured: {why}"
     elif not args.no_memory:
-        meta["memory_note"] = "peak MiB: torch.cuda.max_memory_allocated during one call, minus what was allocated before"
+        meta["memory_note"] = ("peak MiB: torch.cuda.max_memory_allocated during one call, "
+                               "minus what was allocated before")
 
+    if dev == "cpu":
+        meta["malloc"] = "glibc adaptive" if args.glibc_malloc else \
+            ("steady: blocks up to 32 MiB kept for reuse" if timing.steady_malloc() else "unchanged (not glibc)")
     groups = [_Group(c, s, device, dtype, wanted, args.backward) for c in ops for s in shapes]
     with _recompile_room(len(groups)):
         _measure(groups, args, device, meta)
@@ -207,8 +215,8 @@ def _measure(groups, args, device, meta):
         medians, errors = timing.interleaved(g.steps, args.rounds, device, tick=tick)
         for name, err in errors.items():
             g.rows[name]["error"] = err
-        for name, t in medians.items():
-            g.rows[name]["ms"] = t * 1e3
+        for name, (med, best) in medians.items():
+            g.rows[name]["ms"], g.rows[name]["min_ms"] = med * 1e3, best * 1e3
         if dev == "cuda" and not args.no_memory:
             g.memory(lambda step: timing.cuda_peak_bytes(step, device))
     if bar is not None:

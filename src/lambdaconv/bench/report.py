@@ -24,21 +24,23 @@ def markdown(res: dict) -> str:
     if meta.get("note"):
         lines += [f"Conditions: {meta['note']}", ""]
     lines += [
-             "`vs unfold` / `vs lambdaconv`: how many times faster this row is than that one (> 1: faster).",
+             "`vs unfold` / `vs lambdaconv`: how many times faster this row is than that one (> 1: faster), "
+             "by medians; `min ms`: the fastest round (less sensitive to other load on the machine).",
              "nn.Conv2d computes the linear op at the same shape: the floor for ops that lower to it."]
     if meta.get("memory_note"):
         lines.append(meta["memory_note"])
     if cuda and not meta["backward"]:
         lines.append(f"roofline: taps / time / {meta['roofline_taps_per_s']:.3g} taps/s "
                      "(2 CUDA-core instructions per tap; see docs/guide.md).")
-    head = ["op", "shape", "method", "backend", "median ms", "vs unfold", "vs lambdaconv", "peak MiB"]
+    head = ["op", "shape", "method", "backend", "median ms", "min ms", "vs unfold", "vs lambdaconv", "peak MiB"]
     if cuda and not meta["backward"]:
         head.append("roofline")
     head.append("note")
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in ("median ms", "vs unfold",
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in ("median ms", "min ms", "vs unfold",
               "vs lambdaconv", "peak MiB", "roofline") else "---" for h in head) + "|"]
     for r in rows:
         cells = [f"`{r['op']}` ({r['reduce']})", r["shape"], r["method"], r.get("backend", ""), _fmt_ms(r.get("ms")),
+                 _fmt_ms(r.get("min_ms")),
                  _fmt_x(r.get("vs_unfold")), _fmt_x(r.get("vs_lambdaconv")),
                  "" if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"]
         if cuda and not meta["backward"]:
@@ -86,6 +88,9 @@ def plot(res: dict, path: str) -> bool:
         colors = [_COLORS.get(r["method"].split("[")[0], "#ff7f0e") for r in rs]
         y = range(len(rs))
         ax.barh(y, vals, color=colors, height=0.7)
+        mins = [(r["min_ms"], i) for i, r in enumerate(rs) if r.get("min_ms")]
+        if mins:  # the fastest round: how far other load on the machine pushed the median
+            ax.plot(*zip(*mins), "k|", markersize=9)
         ax.set_xscale("log")
         ax.set_xlim(lo, hi)
         ax.set_yticks(list(y), labels, fontsize=8)
@@ -97,8 +102,9 @@ def plot(res: dict, path: str) -> bool:
         ax.tick_params(axis="x", labelsize=7)
     meta = res["meta"]
     what = "fwd+bwd" if meta["backward"] else "fwd"
-    axes[-1, 0].set_xlabel(f"median ms, {what}, {meta['dtype']} (log scale; shorter is faster)", fontsize=8)
-    fig.suptitle(f"lambdaconv.bench on {meta['device_name']}", fontsize=10)
+    axes[-1, 0].set_xlabel(f"median ms (bars), fastest round (|), {what}, {meta['dtype']} (log scale)", fontsize=8)
+    threads = f", {meta['threads']} thread{'s' if meta['threads'] > 1 else ''}" if meta["device"] == "cpu" else ""
+    fig.suptitle(f"lambdaconv.bench on {meta['device_name']}{threads}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
