@@ -109,7 +109,7 @@ def test_half(op, reduce, wn, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("op", ["dilation", "erosion"])
 def test_half_inference_is_rounded_fp32(op, dtype):
-    # without grad, max/min of x+W run in half precision (packed): same values as fp32 then rounding
+    # without grad, max/min of x+W run in fp16 (bf16: in fp32): same values as fp32 then rounding
     x = torch.randn(4, 16, 20, 20, device="cuda").to(dtype)
     w = {"weight": (torch.randn(24, 16, 3, 3, device="cuda") * 0.5).to(dtype)}
     with torch.no_grad():

@@ -15,7 +15,8 @@ from ...geometry import Geometry, pad_input, valid_taps
 from . import tuning
 from .kernels import half_exact, kernels
 
-_HALF = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16"}
+# fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
+_HALF = {torch.float16: "tl.float16"}
 
 
 def interpreting() -> bool:

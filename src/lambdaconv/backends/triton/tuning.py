@@ -80,7 +80,7 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
         best = None
         for c in cands:
             try:
-                ms = do_bench(lambda: run(c), warmup=10, rep=40)
+                ms = do_bench(lambda: run(c), warmup=10, rep=40, return_mode="median")
             except Exception as err:  # a config the compiler rejects (e.g. out of resources)
                 if "OutOfResources" not in type(err).__name__ and "out of resource" not in str(err):
                     raise
