@@ -11,7 +11,7 @@ TORCH_CPU ?= torch==2.13.0
 # extra flags for the demo, e.g. make demo DEMO_ARGS="--epochs 3 --variants nn.Conv2d,adder"
 DEMO_ARGS ?=
 
-.PHONY: venv test demo bench clean distclean
+.PHONY: venv test demo bench docs clean distclean
 
 venv: $(VENV)/.stamp
 
@@ -34,6 +34,10 @@ demo: venv
 
 bench: venv
 	$(PY) -m lambdaconv.bench --quick
+
+# docs/api.md from the docstrings (tests/test_docs.py fails when it is stale)
+docs: venv
+	$(PY) docs/gen_api.py
 
 # Build artefacts, caches and demo outputs; `make distclean` also drops .venv.
 clean:
