@@ -225,3 +225,12 @@ def test_offset_fast_path_autocast():
     yr = lc.conv2d(ref[0], "offset", {"A": ref[1], "B": ref[2]}, ref[3], padding=1, backend="reference")
     for a, r in zip([y] + list(grads), [yr] + list(torch.autograd.grad(yr.sum(), ref))):
         assert rel_err(a, r) < 2e-2
+
+
+@pytest.mark.parametrize("op", ["offset", "A*sin(x+B)", "(x*W + 1)**3"])
+def test_inference_path_matches(op):
+    """Without a graph to record the Functions are skipped: the same values."""
+    d, x, ws, b, kw = _inputs(op, "2d-groups-stride-dilation")
+    y = lc.conv2d(x, op, ws, b, **kw)
+    with torch.no_grad():
+        assert torch.equal(lc.conv2d(x, op, ws, b, **kw), y)

@@ -163,16 +163,20 @@ class _Stack(torch.autograd.Function):
     """G = [g_1(x), ..., g_T(x)] per group along channels, in the conv dtype; dx = sum_i g_i'(x) dG_i."""
 
     @staticmethod
-    def forward(ctx, x, terms, groups, ct, cd):
+    def run(x, terms, groups, ct, cd):
         n, c = x.shape[:2]
         xv = x.unflatten(1, (groups, c // groups))
         buf = torch.empty((n, groups, len(terms), c // groups) + tuple(x.shape[2:]), dtype=cd, device=x.device)
         xc = None if all(t.kind != "expr" for t in terms) else (xv if xv.dtype == ct else xv.to(ct))
         for i, t in enumerate(terms):
             t.write(xv, xc, buf[:, :, i])
+        return buf.flatten(1, 3)
+
+    @staticmethod
+    def forward(ctx, x, terms, groups, ct, cd):
         ctx.save_for_backward(x)
         ctx.terms, ctx.groups, ctx.ct = terms, groups, ct
-        return buf.flatten(1, 3)
+        return _Stack.run(x, terms, groups, ct, cd)
 
     @staticmethod
     def backward(ctx, gG):
@@ -199,7 +203,8 @@ class _AffineConv(torch.autograd.Function):
     the conv's weight gradient (and, under autocast, with its cast back to float32)."""
 
     @staticmethod
-    def forward(ctx, x, P, Q, bias, r, alpha, ct, cd):
+    def run(x, P, Q, bias, r, alpha, ct, cd):
+        """(y, the tensors the backward needs)."""
         o = P.shape[0]
         xc, Pc = (x if x.dtype == cd else x.to(cd)), (P if P.dtype == cd else P.to(cd))
         Pt, Qt = (P if P.dtype == ct else P.to(ct)), (Q if Q.dtype == ct else Q.to(ct))
@@ -207,7 +212,12 @@ class _AffineConv(torch.autograd.Function):
         b = torch.mul(s, alpha) if bias is None else torch.add(bias if bias.dtype == ct else bias.to(ct), s,
                                                                alpha=alpha)
         y = r.conv(xc, Pc, b if b.dtype == cd else b.to(cd), r.stride, r.padding, r.dilation, r.groups)
-        ctx.save_for_backward(xc, Pc, Pt, Qt)
+        return y, (xc, Pc, Pt, Qt)
+
+    @staticmethod
+    def forward(ctx, x, P, Q, bias, r, alpha, ct, cd):
+        y, saved = _AffineConv.run(x, P, Q, bias, r, alpha, ct, cd)
+        ctx.save_for_backward(*saved)
         ctx.r, ctx.alpha, ctx.ct = r, alpha, ct
         ctx.dtypes = (x.dtype, P.dtype, Q.dtype, None if bias is None else bias.dtype)
         return y
@@ -302,8 +312,13 @@ def _run(x, bias, weights, call):
     if low.affine and not r.ignore and r.mean_scale == 1.0 and not torch.compiler.is_compiling():
         P, Q = (weights[n] for n in low.affine)
         if P.shape == r.full and Q.shape == r.full:
+            args = (xin, P, Q, bias, r, low.const_scale, ct, cd)
+            # no graph to record (inference): the same computation without the Function's overhead
+            fn = _AffineConv.apply if _needs_grad(xin, P, Q, bias) else (lambda *a: _AffineConv.run(*a)[0])
+            if cd == x.dtype:
+                return fn(*args)
             with _autocast_off(x):  # the dtypes are chosen above; autocast would run the bmm in bf16
-                return _AffineConv.apply(xin, P, Q, bias, r, low.const_scale, ct, cd)
+                return fn(*args)
     if len(terms) == 1 and terms[0].kind == "x":
         G = xin if xin.dtype == cd else xin.to(cd)
     elif len(terms) == 1:  # one term: plain autograd is already one kernel each way
@@ -313,7 +328,7 @@ def _run(x, bias, weights, call):
         gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
         G = torch.stack([t.unflatten(1, (g.groups, g.cin_per_group)) for t in gx], 2).flatten(1, 3)
     else:
-        G = _Stack.apply(xin, terms, g.groups, ct, cd)
+        G = (_Stack.apply if _needs_grad(xin) else _Stack.run)(xin, terms, g.groups, ct, cd)
     if r.post:
         G = F.pad(G, r.post)
 
@@ -356,6 +371,10 @@ def _run(x, bias, weights, call):
         if bias_after is not None:
             y = y + bias_after.reshape((1, -1) + (1,) * g.dims)
     return y.to(out)
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
