@@ -37,7 +37,9 @@ def test_bench_rows_json_png(tmp_path):
     expected = {"offset": {"lambdaconv", "lambdaconv[tiled]", "nn.Conv2d", "unfold"},
                 "adder": {"lambdaconv", "nn.Conv2d", "unfold", "cdist"},
                 "dilation": {"lambdaconv", "nn.Conv2d", "unfold"}}
-    assert {op: set(ms) for op, ms in by.items()} == expected
+    assert set(by) == set(expected)
+    for op, ms in by.items():  # backends registered later add lambdaconv[NAME] rows
+        assert expected[op] <= set(ms) and all(m.startswith("lambdaconv[") for m in set(ms) - expected[op]), ms
     assert by["offset"]["lambdaconv"]["backend"] == "decompose" and by["adder"]["lambdaconv"]["backend"] == "tiled"
     for op in expected:  # each implementation of the op computed the same function
         for m in ("lambdaconv", "cdist"):
