@@ -34,12 +34,24 @@ def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, de
             elif n.op == "weight":
                 v = weights[n.value]
             elif n.op == "const":
-                v = torch.tensor(n.value, dtype=dtype, device=device)
+                v = _const(n.value, arena, dtype, device)
             else:
                 v = _apply(n, [memo[a] for a in n.args], arena, dtype, device)
             memo[n] = v
         out.append(memo[e])
     return out
+
+
+def _const(value: float, arena, dtype, device) -> torch.Tensor:
+    # torch.full is a fill kernel, so it is legal inside CUDA-graph capture (torch.tensor would be
+    # a host-to-device copy); with an arena, once per call rather than once per tile
+    key = ("const", value, dtype)
+    if arena is not None and key in arena:
+        return arena[key]
+    v = torch.full((), value, dtype=dtype, device=device)
+    if arena is not None:
+        arena[key] = v
+    return v
 
 
 def _apply(n: Expr, args: list, arena, dtype, device):
