@@ -304,7 +304,10 @@ def _full(v, full: tuple, dtype, device) -> torch.Tensor:
 def _run(x, bias, weights, call):
     g: Geometry = call.geometry
     low = _lowering(call.spec)
-    r = _recipe(call.spec, call.reduce, g)
+    try:
+        r = _recipe(call.spec, call.reduce, g)
+    except TypeError:  # symbolic sizes (torch.compile dynamic shapes) are unhashable: not cached
+        r = _recipe.__wrapped__(call.spec, call.reduce, g)
     ct, cd = _dtypes(x)
     terms = low.terms
 
