@@ -165,10 +165,10 @@ def test_plan_text():
     text = str(plan)
     assert plan.strategy == "decompose" and plan.reduce == "sum"
     assert "A*(x - B)" in text and "x * [A]" in text and "-(A*B)" in text
-    assert "C channels" in text and "per-output constant" in text
+    assert "input [x]: in_channels" in text and "bias + sum over taps of -(A*B)" in text
     plan = lc.explain("quadratic", "mean")
     assert plan.terms == (("x", "B"), ("x**2", "A"))
-    assert "[x, x**2] -> 2*C channels" in str(plan) and "tap count" in str(plan)
+    assert "[x, x**2]: 2 x in_channels stacked per group" in str(plan) and "[B, A] / taps" in str(plan)
     plan = lc.explain("A*sin(x+B)")
     assert plan.terms == (("sin(x)", "A*cos(B)"), ("cos(x)", "A*sin(B)"))
     assert lc.Conv2d(2, 3, 3, op="l2").explain() == lc.explain("l2")

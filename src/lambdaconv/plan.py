@@ -63,13 +63,13 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
         terms += (("1", str(sep.const)),)
     gx = ", ".join(t[0] for t in terms[:n])
     hw = ", ".join(t[1] for t in terms[:n])
-    chans = "C" if n == 1 else f"{n}*C"
-    per = "" if reduce == "sum" else ", divided by the tap count"
-    calls = (f"convNd(input [{gx}] -> {chans} channels (stacked per group), "
-             f"weight [{hw}] -> (O, {chans}/groups, *kernel), bias{per})",)
+    chans = "in_channels" if n == 1 else f"{n} x in_channels"
+    per = "" if reduce == "sum" else " / taps"  # mean: weights and constant over the tap count
+    bias = "bias" if sep.const is None else f"bias + sum over taps of {sep.const}{per}"
+    calls = (f"convNd(input [{gx}]: {chans}{' stacked per group' if n > 1 else ''}, "
+             f"weight [{hw}]{per}: (out_channels, {chans}/groups, *kernel), {bias})",)
     if sep.const is not None:
-        calls += (f"+ per-output constant sum over taps of {sep.const} (a valid-tap mask convolution "
-                  f"under padding_mode='ignore')",)
+        calls += (f"padding_mode='ignore': sum over valid taps only, the validity mask convolved with {sep.const}",)
     why = f"op = sum of {n} term{'s' if n > 1 else ''} g(x) * h(weights)" + \
           (" + a weights-only term" if sep.const is not None else "") + ": one native convolution"
     return Plan(str(spec.expr), spec.weight_names, reduce, "decompose", why, terms, calls)
