@@ -191,16 +191,14 @@ class _Stack(torch.autograd.Function):
         return acc.flatten(1, 2).to(x.dtype), None, None, None, None
 
 
-_ZERO: dict = {}  # (device, dtype) -> a 0-d zero: addcmul's base for a scaled product, one kernel
-
-
 class _AffineConv(torch.autograd.Function):
     """y = conv(x, P) + bias + alpha * sum_taps(P*Q), the offset layer A*(x - B) (alpha = -1).
 
     Same math as the general path, fewer kernels (measured on an H100, each small weight-sized
     kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16): the constant is one bmm and one add;
-    the backward is the conv's own backward plus one addcmul per weight, the one for P fused with
-    the conv's weight gradient (and, under autocast, with its cast back to float32)."""
+    the backward is the conv's own backward, the bias gradient scaled by alpha, and one multiply per
+    weight, the one for P an addcmul fused with the conv's weight gradient (and, under autocast,
+    with its cast back to float32)."""
 
     @staticmethod
     def run(x, P, Q, bias, r, alpha, ct, cd):
@@ -233,15 +231,10 @@ class _AffineConv(torch.autograd.Function):
             gy, xc, Pc, [Pc.shape[0]], list(r.stride), pad, list(r.dilation), False, [0] * d, r.groups,
             [need[0], need[1], True])
         gb = gb if gb.dtype == ct else gb.to(ct)
-        gbv = gb.reshape((-1,) + (1,) * (d + 1))
+        gbs = (gb * alpha).reshape((-1,) + (1,) * (d + 1))  # d constant / d (P*Q), per filter
         xdt, pdt, qdt, bdt = ctx.dtypes
-        gP = _cast(torch.addcmul(gPc, Qt, gbv, value=alpha), pdt) if need[1] else None
-        gQ = None
-        if need[2]:
-            key = (gb.device, ct)
-            if key not in _ZERO:
-                _ZERO[key] = torch.zeros((), dtype=ct, device=gb.device)
-            gQ = _cast(torch.addcmul(_ZERO[key], Pt, gbv, value=alpha), qdt)
+        gP = _cast(torch.addcmul(gPc, Qt, gbs), pdt) if need[1] else None
+        gQ = _cast(torch.mul(Pt, gbs), qdt) if need[2] else None
         return (None if gx is None else _cast(gx, xdt), gP, gQ, _cast(gb, bdt) if need[3] else None,
                 None, None, None, None)
 
