@@ -13,7 +13,10 @@ small reductions over the weights. Exact at the borders:
   ignore    g_i(x) is zero-padded (padded taps contribute nothing); c(w) counts only at valid taps,
             so it is a convolution of the validity mask with sum_c c(w)[o, c, k]; mean divides by
             the valid-tap count (the mask convolved with ones) instead of Cg*K.
-Gradients are torch autograd's, through these calls.
+Gradients are torch autograd's through these calls, except in two autograd Functions that write
+the same chain rule with fewer kernels (_Stack, _AffineConv below; gradcheck-tested). Under
+torch.compile both are skipped for plain aten ops, and without a graph to record (inference) they
+are called as plain functions.
 
 Exact means algebraically equal, term for term, for finite values; NaN anywhere in x or the
 weights still reaches every output it touches. Infinities can differ from the reference where the
@@ -29,8 +32,10 @@ once, into the low-precision stack.
 
 Speed: for T >= 2 terms the stack is one buffer in the conv dtype that each g_i writes into in
 place (no float32 intermediates, no cat copy), and its backward is one fused multiply-add per term,
-sum_i g_i'(x) * dG_i (_Stack); per-call decisions (padding route, shapes, scales) are cached per
-(op, reduce, geometry) in a _Recipe, since at small sizes the conv is faster than Python.
+sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function, _AffineConv, which
+folds its constant into the conv's bias with one bmm and fuses its gradients into the conv's.
+Per-call decisions (padding route, shapes, scales) are cached per (op, reduce, geometry) in a
+_Recipe: at small sizes the conv is faster than the Python around it.
 """
 from __future__ import annotations
 
