@@ -5,7 +5,9 @@
 
 Shape N8 C32 O32 32x32 k3 pad1, forward, torch.set_num_threads(2). Every variant is timed in the
 same run, interleaved (one call of each per round, in a rotating order), and the median over
-rounds is reported, so that load from other processes hits every variant alike.
+rounds is reported, so that load from other processes hits every variant alike (with the minimum
+and the per-round ratio beside it). Malloc thresholds are fixed as in the project's bench
+(--glibc-malloc keeps glibc's adaptive ones: results *_glibc).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import lambdaconv as lc
+from lambdaconv.bench.timing import steady_malloc
 from lambdaconv.ir import resolve_op
 
 
@@ -107,26 +110,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--terms", action="store_true", help="measure the term-count threshold instead")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--no-trim", action="store_true",
-                    help="rerun with glibc's heap trimming off (results *_notrim): see the note below")
+    ap.add_argument("--glibc-malloc", action="store_true",
+                    help="keep glibc's adaptive malloc thresholds (results *_glibc): see below")
     args = ap.parse_args()
-    # glibc returns freed heap to the OS once a free leaves more than its trim threshold on top, so
-    # a call whose working set is over a few MB (the quadratic's stacked input) gets fresh pages
-    # every time; in this VM each page fault costs microseconds, ~1 ms per call here, on top of a
-    # 0.4 ms conv. --no-trim measures with trimming off (as jemalloc / tcmalloc users run), for
-    # both sides alike.
-    tag = os.environ.get("LC_BENCH_TAG", "")
-    if args.no_trim:
-        env = dict(os.environ, MALLOC_TRIM_THRESHOLD_=str(1 << 30), MALLOC_MMAP_THRESHOLD_=str(1 << 30),
-                   LC_BENCH_TAG="_notrim")
-        argv = [a for a in sys.argv if a != "--no-trim"]
-        os.execve(sys.executable, [sys.executable] + argv, env)
+    # As the project's bench (lambdaconv.bench.timing.steady_malloc): fixed malloc thresholds by
+    # default. With glibc's adaptive ones the quadratic's stacked input (2 MiB) is mapped fresh on
+    # every call and its page faults cost ~1.5 ms here, 3x the conv itself (measured: 2.1 ms vs
+    # 0.85 ms per call); --glibc-malloc shows that case.
+    tag = "_glibc" if args.glibc_malloc else ""
+    malloc = "glibc adaptive" if args.glibc_malloc else \
+        ("steady: blocks up to 32 MiB kept for reuse" if steady_malloc() else "unchanged (not glibc)")
     torch.set_num_threads(2)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
             platform.machine(), "python": sys.version.split()[0]}
     os.makedirs(args.out, exist_ok=True)
     if args.terms:
-        res = {"meta": meta, "terms": terms(max(3, args.rounds // 10))}
+        res = {"meta": meta, "malloc": malloc, "terms": terms(max(3, args.rounds // 10))}
         with open(os.path.join(args.out, "decompose_cpu_terms.json"), "w") as f:
             json.dump(res, f, indent=2)
         return
@@ -135,7 +134,7 @@ def main():
     res["bars"] = {f"{op} <= {bar}x": {k: f[k][op] <= bar for k in ("ratio_to_conv2d", "median_per_round_ratio",
                                                                      "ratio_of_minimums")}
                    for op, bar in (("offset", 1.3), ("quadratic", 2.4))}
-    res["malloc"] = "trim and mmap thresholds 1 GiB" if tag else "glibc defaults"
+    res["malloc"] = malloc
     with open(os.path.join(args.out, f"decompose_cpu{tag}.json"), "w") as f:
         json.dump(res, f, indent=2)
     lines = ["# decompose backend, CPU (forward, N8 C32 O32 32x32 k3 pad1, 2 threads)", "",
@@ -151,7 +150,7 @@ def main():
                          f"{a['ratio_of_minimums'][n]:.2f}x | {a['median_per_round_ratio'][n]:.2f}x |")
     lines += ["", "Bars (no grad), by ratio of medians / median per-round ratio / ratio of minimums: " + "; ".join(
         f"{k}: " + " / ".join("met" if ok else "MISSED" for ok in v.values()) for k, v in res["bars"].items()),
-              "", f"Command: `PYTHONPATH=src python benchmarks/decompose_cpu.py{' --no-trim' if tag else ''}`"]
+              "", f"Command: `PYTHONPATH=src python benchmarks/decompose_cpu.py{' --glibc-malloc' if tag else ''}`"]
     with open(os.path.join(args.out, f"decompose_cpu{tag}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
