@@ -104,9 +104,6 @@ def test_compiled_graphs_hold_aten_ops_and_the_direct_custom_op_across_layouts()
         assert_close(grads(cm, layout), grads(m, layout))
 
 
-@pytest.mark.xfail(reason="backends/decompose.py caches its _recipe per Geometry with lru_cache, and a "
-                          "symbolic size (SymInt) is unhashable; fix there: skip the cache when a size is "
-                          "a torch.SymInt", raises=Exception, strict=False)
 def test_compile_dynamic_shapes():
     # What torch.compile does on its own at the second input shape (automatic dynamic): every
     # backend then sees symbolic sizes in the geometry.

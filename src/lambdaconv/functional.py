@@ -5,6 +5,8 @@ the op and the shapes appended so that the message says which call failed (einop
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import backends, library
@@ -125,17 +127,61 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
     return x, bias, ws, call, unbatched
 
 
+# Validated calls by signature: a training loop calls the same layer with the same shapes every
+# step, and validation (op lookup, broadcast_shapes, geometry, backend choice) costs more host time
+# than a small GPU conv takes to run. Everything prepare() checks is a function of the key.
+_PREPARED: dict = {}
+_PREPARED_MAX = 1024
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
+    if not isinstance(input, torch.Tensor) or type(weights) is not dict:
+        return None
+    ws = []
+    for n, w in weights.items():
+        if not isinstance(w, torch.Tensor):
+            return None
+        ws.append((n, w.shape, w.dtype, w.device))
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        return None
+    bk = None if bias is None else (bias.shape, bias.dtype, bias.device)
+    key = (d, op, tuple(ws), input.shape, input.dtype, input.device, bk, _hashable(stride), _hashable(padding),
+           _hashable(dilation), groups, reduce, padding_mode, backend,
+           torch.are_deterministic_algorithms_enabled(), os.environ.get("TRITON_INTERPRET"))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
            padding_mode="zeros", backend="auto"):
     if library.tracing():  # torch.compile / torch.export: no op resolution in the traced code
         return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                      padding_mode, backend)
-    try:
-        x, bias, ws, call, unbatched = prepare(d, input, op, weights, bias, stride, padding, dilation, groups,
-                                               reduce, padding_mode, backend)
-        b = backends.select(backend, call)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{err}{_context(op, input, weights)}") from None
+    key = _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+    hit = _PREPARED.get(key) if key is not None else None
+    if hit is not None:
+        call, b, unbatched = hit
+        x = input[None] if unbatched else input
+        ws = {n: w if w.dim() == d + 2 else w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
+              for n, w in ((n, weights[n]) for n in call.spec.weight_names)}
+    else:
+        try:
+            x, bias, ws, call, unbatched = prepare(d, input, op, weights, bias, stride, padding, dilation, groups,
+                                                   reduce, padding_mode, backend)
+            b = backends.select(backend, call)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{err}{_context(op, input, weights)}") from None
+        if key is not None:
+            if len(_PREPARED) >= _PREPARED_MAX:
+                _PREPARED.clear()
+            _PREPARED[key] = (call, b, unbatched)
     if b.name in library.TRACEABLE:
         y = b.run(x, bias, ws, call)
     else:  # direct backends: autocast as nn.ConvNd, then the backend's own precision
