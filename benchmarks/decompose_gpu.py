@@ -65,7 +65,8 @@ def correctness() -> dict:
                 tol = 1e-4 if cast is None else 3e-2
                 out[f"{op} {mode} {label}"] = {"max_rel_err": max(errs), "ok": max(errs) <= tol,
                                                "out_dtype": str(y.dtype)}
-    torch.backends.cudnn.allow_tf32 = True  # the default: nn.Conv2d runs TF32 in float32
+    # the default: nn.Conv2d runs TF32 in float32; LC_TF32=0 times fp32 as fp32 (the anchors' setting)
+    torch.backends.cudnn.allow_tf32 = os.environ.get("LC_TF32", "1") != "0"
     return out
 
 
@@ -262,7 +263,9 @@ def main():
     res = {"meta": {"torch": torch.__version__, "device": torch.cuda.get_device_name(),
                     "cudnn": torch.backends.cudnn.version(), "python": sys.version.split()[0]}}
     print(res["meta"], flush=True)
-    path = os.path.join(args.out, "decompose_gpu.json")
+    tf32 = os.environ.get("LC_TF32", "1") != "0"
+    res["meta"]["cudnn_allow_tf32_in_bars"] = tf32
+    path = os.path.join(args.out, "decompose_gpu.json" if tf32 else "decompose_gpu_notf32.json")
 
     def save():
         with open(path, "w") as f:

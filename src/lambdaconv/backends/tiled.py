@@ -14,7 +14,7 @@ from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
 from ..ir.expr import peel_scale
 from ..reference import IDENTITY
-from .tiles import buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
+from .tiles import TILE_ELEMENTS_GPU, buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,6 +47,12 @@ class _Ctx:
         return tile_valid(self.valid, t, g).sum(1).to(self.ct)
 
 
+def tile_budget(w: dict):
+    from . import tiles as _t  # read at call time: tests shrink TILE_ELEMENTS to force many tiles
+    dev = next(iter(w.values())).device
+    return _t.TILE_ELEMENTS if dev.type == "cpu" else TILE_ELEMENTS_GPU
+
+
 def _full(v: torch.Tensor, shape) -> torch.Tensor:
     return v.expand(shape) if v.shape != shape else v
 
@@ -72,7 +78,7 @@ class TiledConv(torch.autograd.Function):
         scale, core = peel_scale(spec.expr) if reduce != "logsumexp" else (1.0, spec.expr)
         if scale < 0 and reduce in ("max", "min"):
             reduce = "min" if reduce == "max" else "max"
-        for t in tiles(g):
+        for t in tiles(g, tile_budget(c.w)):
             cols = tile_cols(win, t, g, arena)[None]  # (1, Mt, CK)
             taps = evaluate(core, cols, c.tile_weights(t), dtype=ct, arena=arena)
             shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
@@ -145,7 +151,7 @@ def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
     arena = {}
     dev = gy.device
     exprs = list(cores) + ([spec.expr] if c.reduce == "logsumexp" else [])
-    for t in tiles(g):
+    for t in tiles(g, tile_budget(c.w)):
         cols = tile_cols(win, t, g, arena)[None]
         ot, mt, ck = t.o.stop - t.o.start, t.rows(g), cols.shape[-1]
         shape = (ot, mt, ck)

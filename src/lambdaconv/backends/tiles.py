@@ -19,6 +19,9 @@ from ..geometry import Geometry
 # Elements of one (Ot, Mt, CK) taps tensor. 1M fp32 = 4 MiB: big enough that per-op dispatch
 # overhead is small, small enough that a few live intermediates stay in the L2/L3 caches.
 TILE_ELEMENTS = int(os.environ.get("LAMBDACONV_TILE_ELEMENTS", 1 << 20))
+# On a GPU each torch op is a kernel launch; cache-sized tiles would make launches the cost, so
+# tiles there are as large as a fixed memory budget allows (32M elements, 128 MiB in fp32).
+TILE_ELEMENTS_GPU = int(os.environ.get("LAMBDACONV_TILE_ELEMENTS_GPU", 1 << 25))
 
 
 @dataclass(frozen=True)
