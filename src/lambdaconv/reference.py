@@ -24,7 +24,8 @@ def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: st
     d, K, P = g.dims, g.taps, g.positions
     cols = windows(pad_input(x, g), g)  # (N, C, *out, *k)
     cols = cols.reshape(g.batch, g.in_channels, P, K).transpose(2, 3)  # (N, C, K, P)
-    valid = valid_taps(g, x.device) if g.padding_mode == "ignore" else torch.ones(K, P, dtype=torch.bool)
+    valid = valid_taps(g, x.device) if g.padding_mode == "ignore" else \
+        torch.ones(K, P, dtype=torch.bool, device=x.device)
     kk, pp = valid.nonzero(as_tuple=True)  # the (tap, position) pairs that are evaluated
     outs = []
     for gi in range(g.groups):
