@@ -74,3 +74,12 @@ def test_constant_folding_keeps_nan_semantics():
     e = resolve_op("0*x + W").expr
     x = torch.tensor([float("nan"), 1.0])
     assert torch.isnan(evaluate(e, x, {"W": torch.zeros(2)})[0])
+
+
+def test_pow_gradients_follow_torch_at_zero():
+    s = resolve_op("abs(x) ** W")
+    x = torch.tensor([0.0, 0.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.0, 1.5, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
+    gx, gw = torch.autograd.grad((x.abs() ** w).sum(), [x, w])
+    px, pw = (evaluate(p, x.detach(), {"W": w.detach()}) for p in s.partials())
+    assert torch.equal(px, gx) and torch.equal(pw, gw)

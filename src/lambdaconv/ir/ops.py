@@ -48,9 +48,15 @@ def _p_minimum(a, out):
 
 
 def _p_pow(a, out):
+    # torch's conventions (pow_backward_self / _exponent): no base gradient where the exponent is 0,
+    # no exponent gradient at base 0 with a non-negative exponent (0 * log 0 would be NaN)
     b, e = a
     d_base = N("mul", e, N("pow", b, N("sub", e, 1.0)))
-    d_exp = None if e.is_const else N("mul", out, N("log", b))
+    if e.is_const:
+        return (d_base, None)
+    d_base = N("where", N("eq", e, 0.0), 0.0, d_base)
+    d_exp = N("mul", out, N("log", b))
+    d_exp = N("where", N("eq", b, 0.0), N("where", N("ge", e, 0.0), 0.0, d_exp), d_exp)
     return (d_base, d_exp)
 
 
