@@ -139,24 +139,38 @@ def _hashable(v):
 
 
 def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
+    """The cache key of a call, or None when some argument is not a tensor (validation names it).
+    Also whether every weight already has d + 2 dims (then no reshape is needed per call)."""
     if not isinstance(input, torch.Tensor) or type(weights) is not dict:
-        return None
+        return None, False
     ws = []
+    full = True
     for n, w in weights.items():
         if not isinstance(w, torch.Tensor):
-            return None
-        ws.append((n, w.shape, w.dtype, w.device))
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        return None
-    bk = None if bias is None else (bias.shape, bias.dtype, bias.device)
-    key = (d, op, tuple(ws), input.shape, input.dtype, input.device, bk, _hashable(stride), _hashable(padding),
-           _hashable(dilation), groups, reduce, padding_mode, backend,
-           torch.are_deterministic_algorithms_enabled(), os.environ.get("TRITON_INTERPRET"))
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+            return None, False
+        shape = w.shape
+        ws.append((n, shape, w.dtype, w.device))
+        full = full and len(shape) == d + 2
+    if bias is None:
+        bk = None
+    elif isinstance(bias, torch.Tensor):
+        bk = (bias.shape, bias.dtype, bias.device)
+    else:
+        return None, False
+    return (d, op, tuple(ws), input.shape, input.dtype, input.device, bk,
+            tuple(stride) if type(stride) is list else stride, tuple(padding) if type(padding) is list else padding,
+            tuple(dilation) if type(dilation) is list else dilation, groups, reduce, padding_mode, backend,
+            torch.are_deterministic_algorithms_enabled(), os.environ.get("TRITON_INTERPRET")), full
+
+
+def _runner(b, call, backend):
+    """(x, bias, ws) -> y for a validated call: decompose's own runner (everything fixed per call
+    decided once), else the backend through the direct path's autocast handling."""
+    if b.name == "decompose":
+        return backends.decompose.runner(call)
+    if b.name in library.TRACEABLE:
+        return lambda x, bias, ws: b.run(x, bias, ws, call)
+    return lambda x, bias, ws: library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
 
 
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
@@ -164,13 +178,20 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
     if library.tracing():  # torch.compile / torch.export: no op resolution in the traced code
         return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                      padding_mode, backend)
-    key = _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
-    hit = _PREPARED.get(key) if key is not None else None
+    key, full = _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
+                           backend)
+    try:
+        hit = _PREPARED.get(key) if key is not None else None
+    except TypeError:  # an unhashable argument (validation names it, or it is cached nowhere)
+        key = hit = None
     if hit is not None:
-        call, b, unbatched = hit
+        call, run, unbatched, names, as_given = hit
         x = input[None] if unbatched else input
-        ws = {n: w if w.dim() == d + 2 else w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
-              for n, w in ((n, weights[n]) for n in call.spec.weight_names)}
+        if full:  # validation checked the names; decompose reads the weights by name, never mutates
+            ws = weights if as_given else {n: weights[n] for n in names}
+        else:
+            ws = {n: w if w.dim() == d + 2 else w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
+                  for n, w in ((n, weights[n]) for n in names)}
     else:
         try:
             x, bias, ws, call, unbatched = prepare(d, input, op, weights, bias, stride, padding, dilation, groups,
@@ -178,12 +199,10 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
             b = backends.select(backend, call)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{err}{_context(op, input, weights)}") from None
+        run = _runner(b, call, backend)
         if key is not None:
             if len(_PREPARED) >= _PREPARED_MAX:
                 _PREPARED.clear()
-            _PREPARED[key] = (call, b, unbatched)
-    if b.name in library.TRACEABLE:
-        y = b.run(x, bias, ws, call)
-    else:  # direct backends: autocast as nn.ConvNd, then the backend's own precision
-        y = library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
+            _PREPARED[key] = (call, run, unbatched, call.spec.weight_names, b.name == "decompose")
+    y = run(x, bias, ws)
     return y[0] if unbatched else y

@@ -109,9 +109,17 @@ class _ConvNd(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weights = {n: getattr(self, n) for n in self.weight_names}
-        return F.convnd(self._dims, input, self.op, weights, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups, self.reduce, self.padding_mode, self.backend)
+        # Straight from _parameters (where torch.func.functional_call swaps its tensors too):
+        # nn.Module.__getattr__ is a Python call per name. getattr for what is not there (a
+        # parametrization turns the weight into a property; a weight set to None keeps None).
+        params, weights = self._parameters, {}
+        for n in self.weight_names:
+            w = params.get(n)
+            weights[n] = getattr(self, n) if w is None else w
+        bias = params.get("bias")
+        return F.convnd(self._dims, input, self.op, weights, getattr(self, "bias") if bias is None else bias,
+                        self.stride, self.padding, self.dilation, self.groups, self.reduce, self.padding_mode,
+                        self.backend)
 
     def explain(self):
         """The plan this layer runs with (see lambdaconv.explain)."""

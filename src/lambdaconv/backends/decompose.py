@@ -32,14 +32,15 @@ once, into the low-precision stack.
 
 Speed: for T >= 2 terms the stack is one buffer in the conv dtype that each g_i writes into in
 place (no float32 intermediates, no cat copy), and its backward is one fused multiply-add per term,
-sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function, _AffineConv, which
-folds its constant into the conv's bias with one bmm and fuses its gradients into the conv's.
-Per-call decisions (padding route, shapes, scales) are cached per (op, reduce, geometry) in a
-_Recipe: at small sizes the conv is faster than the Python around it.
+sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function, _AffineConv: its
+constant and the bias are one baddbmm, its gradients fused into the conv's. At small sizes the
+host time per call outweighs the kernels, so whatever is fixed per call signature (the _Recipe,
+the Functions' arguments) is decided once in runner(call), which functional.convnd keeps.
 """
 from __future__ import annotations
 
 import operator
+from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -63,6 +64,9 @@ def _compile(e):
     """(x, weights) -> value of e in torch ops, like ir.evaluate, with constants as Python floats:
     no tensor is created per call (on CUDA each would be a host-to-device copy) and a Python scalar
     never promotes the tensor it meets. Returns a float when e is a constant."""
+    if e.op in ("input", "weight", "const"):  # a bare leaf (most h_i): no memo, no loop
+        return (lambda x, w: x) if e.op == "input" else (lambda x, w, n=e.value: w[n]) if e.op == "weight" \
+            else (lambda x, w, v=e.value: v)
     order = topo_order(e)
 
     def run(x, w):
@@ -97,15 +101,7 @@ class _Term:
     dkind: str  # g_i'(x) is "const" c, "cx" (c * x) or "expr"
     dc: float
     dg: object  # compiled g_i' for "expr"
-
-    def write(self, x, xc, slot):
-        if self.kind == "x":
-            slot.copy_(x)
-        elif self.kind == "op":  # computed in x's dtype (one rounding), cast on write
-            fn, args = self.op
-            fn(*(x if a is None else a for a in args), out=slot)
-        else:
-            slot.copy_(self.g(xc, None))
+    write: object  # (x, xc, slot) -> None: g_i(x) into its slot, built once (no per-call branching)
 
     def accumulate(self, acc, xc, gslot):
         """acc + g_i'(x) * dG_i, out of place (acc may alias the incoming gradient), in xc's dtype."""
@@ -136,7 +132,22 @@ def _term(g) -> _Term:
         kind, op = "op", (OPS[g.op].torch, tuple(None if a.op == "input" else a.value for a in g.args))
     else:
         kind, op = "expr", None
-    return _Term(_compile(g), kind, op, dkind, dc, _compile(dg) if dkind == "expr" else None)
+    gc = _compile(g)
+    return _Term(gc, kind, op, dkind, dc, _compile(dg) if dkind == "expr" else None, _writer(kind, op, gc))
+
+
+def _writer(kind, op, gc):
+    if kind == "x":
+        return lambda x, xc, slot: slot.copy_(x)
+    if kind == "expr":
+        return lambda x, xc, slot: slot.copy_(gc(xc, None))
+    fn, args = op  # one op, computed in x's dtype (one rounding), cast on write
+    if len(args) == 1:
+        return lambda x, xc, slot: fn(x, out=slot)
+    if len(args) == 2 and args[0] is None and args[1] is not None:  # x**2, x*3: no generator per call
+        a = args[1]
+        return lambda x, xc, slot: fn(x, a, out=slot)
+    return lambda x, xc, slot: fn(*(x if a is None else a for a in args), out=slot)
 
 
 @dataclass(frozen=True)
@@ -164,84 +175,157 @@ def _lowering(spec: OpSpec) -> _Lowering:
                      all(value_at_zero(g) == 0.0 for g, _ in sep.terms), affine)
 
 
+# Function.apply without its Python prologue (a closure, a setup_context check, a generator over
+# the arguments: ~1.5 us of a ~50 us small-conv step) when no functorch transform is active; under
+# one (vmap, grad, ...) the standard apply. The dead-wrapper unwrap it does is kept.
+_C_APPLY = torch._C._FunctionBase.__dict__["apply"]  # what Function.apply ends in (a C classmethod)
+_unwrap = torch._C._functorch.unwrap_if_dead
+
+
+# What _Stack needs besides x, fixed per lowering and groups (one Function argument, not five):
+# order = the backward's accumulation order (constant-derivative terms first: the cheapest start),
+# need_xc = some term is a general expression, which reads x in the compute dtype.
+_StackCfg = namedtuple("_StackCfg", "terms groups order need_xc")
+
+
+def _stack_cfg(terms: tuple, groups: int) -> _StackCfg:
+    order = tuple(sorted(range(len(terms)), key=lambda i: terms[i].dkind != "const"))
+    return _StackCfg(terms, groups, order, any(t.kind == "expr" for t in terms))
+
+
 class _Stack(torch.autograd.Function):
-    """G = [g_1(x), ..., g_T(x)] per group along channels, in the conv dtype; dx = sum_i g_i'(x) dG_i."""
+    """G = [g_1(x), ..., g_T(x)] per group along channels, in the conv dtype; dx = sum_i g_i'(x) dG_i.
+
+    With groups == 1 the stack is (N, T*C, ...) and its T slots are one chunk() of it (no per-slot
+    view, no reshape back): host time per view is comparable to a small conv's."""
+
+    @classmethod
+    def apply(cls, x, s, ct, cd):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(x, s, ct, cd)
+        return _stack_apply(_unwrap(x), s, ct, cd)
 
     @staticmethod
-    def run(x, terms, groups, ct, cd):
+    def run(x, s, ct, cd):
         n, c = x.shape[:2]
-        xv = x.unflatten(1, (groups, c // groups))
-        buf = torch.empty((n, groups, len(terms), c // groups) + tuple(x.shape[2:]), dtype=cd, device=x.device)
-        xc = None if all(t.kind != "expr" for t in terms) else (xv if xv.dtype == ct else xv.to(ct))
-        for i, t in enumerate(terms):
-            t.write(xv, xc, buf[:, :, i])
-        return buf.flatten(1, 3)
+        t = len(s.terms)
+        if s.groups == 1:  # chunk: one native call (Tensor.split is a Python wrapper, 4 us here)
+            xv = x
+            shape = list(x.shape)
+            shape[1] = t * c
+            buf = torch.empty(shape, dtype=cd, device=x.device)
+            slots = buf.chunk(t, 1)
+        else:
+            xv = x.unflatten(1, (s.groups, c // s.groups))
+            buf = torch.empty((n, s.groups, t, c // s.groups) + tuple(x.shape[2:]), dtype=cd, device=x.device)
+            slots = buf.unbind(2)
+        xc = (xv if xv.dtype == ct else xv.to(ct)) if s.need_xc else None
+        for term, slot in zip(s.terms, slots):
+            term.write(xv, xc, slot)
+        return buf if s.groups == 1 else buf.flatten(1, 3)
 
     @staticmethod
-    def forward(ctx, x, terms, groups, ct, cd):
+    def forward(ctx, x, s, ct, cd):
         ctx.save_for_backward(x)
-        ctx.terms, ctx.groups, ctx.ct = terms, groups, ct
-        return _Stack.run(x, terms, groups, ct, cd)
+        ctx.s, ctx.ct = s, ct
+        return _Stack.run(x, s, ct, cd)
 
     @staticmethod
     def backward(ctx, gG):
         (x,) = ctx.saved_tensors
-        groups, terms = ctx.groups, ctx.terms
-        xv = x.unflatten(1, (groups, x.shape[1] // groups))
+        s, terms = ctx.s, ctx.s.terms
+        c = x.shape[1]
+        if s.groups == 1:
+            xv, gv = x, gG.chunk(len(terms), 1)
+        else:
+            xv = x.unflatten(1, (s.groups, c // s.groups))
+            gv = gG.unflatten(1, (s.groups, len(terms), c // s.groups)).unbind(2)
         xc = xv if xv.dtype == ctx.ct else xv.to(ctx.ct)
-        gv = gG.unflatten(1, (groups, len(terms), x.shape[1] // groups))
         acc = None
-        for i in sorted(range(len(terms)), key=lambda i: terms[i].dkind != "const"):  # cheapest start
-            acc = terms[i].accumulate(acc, xc, gv[:, :, i])
-        return acc.flatten(1, 2).to(x.dtype), None, None, None, None
+        for i in s.order:
+            acc = terms[i].accumulate(acc, xc, gv[i])
+        acc = acc if s.groups == 1 else acc.flatten(1, 2)
+        return acc if acc.dtype == x.dtype else acc.to(x.dtype), None, None, None
+
+
+# _AffineConv's fixed arguments, built once per call signature (one Function argument): the conv's,
+# the constant's scale alpha, out_channels o, bwd = (bias sizes, stride, padding, dilation,
+# output_padding) as the lists aten.convolution_backward takes, gshape = (O, 1, ..., 1).
+_AffineCfg = namedtuple("_AffineCfg", "conv stride padding dilation groups alpha o bwd gshape")
+
+
+def _affine_cfg(r, alpha: float, d: int) -> _AffineCfg:
+    o = r.full[0]
+    pad = list(r.padding) if isinstance(r.padding, tuple) else [r.padding] * d
+    return _AffineCfg(r.conv, r.stride, r.padding, r.dilation, r.groups, alpha, o,
+                      ([o], list(r.stride), pad, list(r.dilation), [0] * d), (o,) + (1,) * (d + 1))
 
 
 class _AffineConv(torch.autograd.Function):
     """y = conv(x, P) + bias + alpha * sum_taps(P*Q), the offset layer A*(x - B) (alpha = -1).
 
     Same math as the general path, fewer kernels (measured on an H100, each small weight-sized
-    kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16): the constant is one bmm and one add;
-    the backward is the conv's own backward, the bias gradient scaled by alpha, and one multiply per
-    weight, the one for P an addcmul fused with the conv's weight gradient (and, under autocast,
-    with its cast back to float32)."""
+    kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16): the constant and the bias are one
+    baddbmm; the backward is the conv's own backward, the bias gradient scaled by alpha, and one
+    multiply per weight, the one for P an addcmul fused with the conv's weight gradient (and, under
+    autocast, with its cast back to float32)."""
+
+    @classmethod
+    def apply(cls, x, P, Q, bias, k, dts):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(x, P, Q, bias, k, dts)
+        return _affine_apply(_unwrap(x), _unwrap(P), _unwrap(Q), None if bias is None else _unwrap(bias), k, dts)
 
     @staticmethod
-    def run(x, P, Q, bias, r, alpha, ct, cd):
-        """(y, the tensors the backward needs)."""
-        o = P.shape[0]
+    def run(x, P, Q, bias, k, dts):
+        """(y, the tensors the backward needs); dts = (compute dtype, conv dtype)."""
+        ct, cd = dts
+        o = k.o
         xc, Pc = (x if x.dtype == cd else x.to(cd)), (P if P.dtype == cd else P.to(cd))
         Pt, Qt = (P if P.dtype == ct else P.to(ct)), (Q if Q.dtype == ct else Q.to(ct))
-        s = torch.bmm(Pt.reshape(o, 1, -1), Qt.reshape(o, -1, 1)).reshape(o)
-        b = torch.mul(s, alpha) if bias is None else torch.add(bias if bias.dtype == ct else bias.to(ct), s,
-                                                               alpha=alpha)
-        y = r.conv(xc, Pc, b if b.dtype == cd else b.to(cd), r.stride, r.padding, r.dilation, r.groups)
+        if bias is None:
+            b = torch.mul(torch.bmm(Pt.reshape(o, 1, -1), Qt.reshape(o, -1, 1)).view(o), k.alpha)
+        else:  # bias + alpha * P.Q per filter: one kernel
+            b = torch.baddbmm((bias if bias.dtype == ct else bias.to(ct)).view(o, 1, 1), Pt.reshape(o, 1, -1),
+                              Qt.reshape(o, -1, 1), alpha=k.alpha).view(o)
+        y = k.conv(xc, Pc, b if b.dtype == cd else b.to(cd), k.stride, k.padding, k.dilation, k.groups)
         return y, (xc, Pc, Pt, Qt)
 
     @staticmethod
-    def forward(ctx, x, P, Q, bias, r, alpha, ct, cd):
-        y, saved = _AffineConv.run(x, P, Q, bias, r, alpha, ct, cd)
+    def forward(ctx, x, P, Q, bias, k, dts):
+        y, saved = _AffineConv.run(x, P, Q, bias, k, dts)
         ctx.save_for_backward(*saved)
-        ctx.r, ctx.alpha, ctx.ct = r, alpha, ct
-        ctx.dtypes = (x.dtype, P.dtype, Q.dtype, None if bias is None else bias.dtype)
+        ct = dts[0]
+        ctx.k, ctx.ct = k, ct
+        xdt = x.dtype  # None: every dtype is the compute dtype, the backward casts nothing
+        ctx.dtypes = None if xdt == ct and dts[1] == ct and P.dtype == ct and Q.dtype == ct and (
+            bias is None or bias.dtype == ct) else (xdt, P.dtype, Q.dtype, None if bias is None else bias.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         xc, Pc, Pt, Qt = ctx.saved_tensors
-        r, alpha, ct = ctx.r, ctx.alpha, ctx.ct
-        d = xc.dim() - 2
+        k, ct = ctx.k, ctx.ct
         need = ctx.needs_input_grad
-        pad = list(r.padding) if isinstance(r.padding, tuple) else [r.padding] * d
-        gx, gPc, gb = torch.ops.aten.convolution_backward(
-            gy, xc, Pc, [Pc.shape[0]], list(r.stride), pad, list(r.dilation), False, [0] * d, r.groups,
-            [need[0], need[1], True])
+        bsz, stride, pad, dil, opad = k.bwd
+        gx, gPc, gb = _CONV_BWD(gy, xc, Pc, bsz, stride, pad, dil, False, opad, k.groups, [need[0], need[1], True])
         gb = gb if gb.dtype == ct else gb.to(ct)
-        gbs = (gb * alpha).reshape((-1,) + (1,) * (d + 1))  # d constant / d (P*Q), per filter
+        # d constant / d (P*Q), per filter; neg for the offset's -1: a Python scalar operand costs
+        # a wrapped-tensor creation (2 us on the host, twice neg's)
+        alpha = k.alpha
+        gbs = (torch.neg(gb) if alpha == -1.0 else gb if alpha == 1.0 else torch.mul(gb, alpha)).view(k.gshape)
+        gP = torch.addcmul(gPc, Qt, gbs) if need[1] else None
+        gQ = torch.mul(Pt, gbs) if need[2] else None
+        if ctx.dtypes is None:
+            return gx, gP, gQ, gb if need[3] else None, None, None
         xdt, pdt, qdt, bdt = ctx.dtypes
-        gP = _cast(torch.addcmul(gPc, Qt, gbs), pdt) if need[1] else None
-        gQ = _cast(torch.mul(Pt, gbs), qdt) if need[2] else None
-        return (None if gx is None else _cast(gx, xdt), gP, gQ, _cast(gb, bdt) if need[3] else None,
-                None, None, None, None)
+        return (None if gx is None else _cast(gx, xdt), None if gP is None else _cast(gP, pdt),
+                None if gQ is None else _cast(gQ, qdt), _cast(gb, bdt) if need[3] else None, None, None)
+
+
+_CONV_BWD = torch.ops.aten.convolution_backward.default
+_affine_apply = _C_APPLY.__get__(_AffineConv, _AffineConv)
+_stack_apply = _C_APPLY.__get__(_Stack, _Stack)
 
 
 @dataclass(frozen=True)
@@ -284,11 +368,12 @@ def _unsupported(call):
 
 def _dtypes(x: torch.Tensor):
     """(compute dtype for g_i, h_i and constants; dtype the native conv runs in)."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cd = x.dtype
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
-        cd = torch.get_autocast_dtype(x.device.type)  # what autocast would cast the conv's inputs to
-    return ct, cd
+    dt = x.dtype
+    if dt == torch.float32:
+        dev = x.device.type
+        # what autocast would cast the conv's inputs to
+        return (dt, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else (dt, dt)
+    return (dt, dt) if dt == torch.float64 else (torch.float32, dt)
 
 
 def _full(v, full: tuple, dtype, device) -> torch.Tensor:
@@ -299,27 +384,67 @@ def _full(v, full: tuple, dtype, device) -> torch.Tensor:
     return v if v.shape == full else v.expand(full)
 
 
-def _run(x, bias, weights, call):
+def _make_runner(call):
+    """(x, bias, weights) -> y for one call signature: the lowering, the recipe and the Functions'
+    fixed arguments are looked up once here, not per call (hashing an OpSpec and a Geometry on
+    every call cost more host time than this backend's conv at small sizes)."""
     g: Geometry = call.geometry
     low = _lowering(call.spec)
     try:
         r = _recipe(call.spec, call.reduce, g)
     except TypeError:  # symbolic sizes (torch.compile dynamic shapes) are unhashable: not cached
         r = _recipe.__wrapped__(call.spec, call.reduce, g)
+    stack = _stack_cfg(low.terms, g.groups) if len(low.terms) > 1 else None
+
+    def general(x, bias, weights):
+        return _general(x, bias, weights, call, low, r, stack)
+
+    if not (low.affine and not r.ignore and r.mean_scale == 1.0):
+        return general
+    pn, qn = low.affine
+    k = _affine_cfg(r, low.const_scale, g.dims)
+    full, pre = r.full, r.pre
+
+    def affine(x, bias, weights):
+        P, Q = weights[pn], weights[qn]
+        if torch.compiler.is_compiling() or P.shape != full or Q.shape != full:
+            return general(x, bias, weights)
+        dts = _dtypes(x)
+        xin = pad_input(x, g) if pre else x
+        # no graph to record (inference): the same computation without the Function's overhead
+        fn = _AffineConv.apply if torch.is_grad_enabled() and (
+            xin.requires_grad or P.requires_grad or Q.requires_grad or (bias is not None and bias.requires_grad)) \
+            else lambda *a: _AffineConv.run(*a)[0]
+        if dts[1] == x.dtype:
+            return fn(xin, P, Q, bias, k, dts)
+        with _autocast_off(x):  # the dtypes are chosen above; autocast would run the bmm in bf16
+            return fn(xin, P, Q, bias, k, dts)
+
+    return affine
+
+
+_runner_cached = lru_cache(maxsize=1024)(_make_runner)
+
+
+def runner(call):
+    """The cached (x, bias, weights) -> y for `call` (functional.convnd keeps it with the call)."""
+    try:
+        return _runner_cached(call)
+    except TypeError:  # symbolic sizes: unhashable, built per call
+        return _make_runner(call)
+
+
+def _run(x, bias, weights, call):
+    return runner(call)(x, bias, weights)
+
+
+def _general(x, bias, weights, call, low, r, stack):
+    g: Geometry = call.geometry
     ct, cd = _dtypes(x)
     terms = low.terms
+    dev = x.device
 
     xin = pad_input(x, g) if r.pre else x
-    if low.affine and not r.ignore and r.mean_scale == 1.0 and not torch.compiler.is_compiling():
-        P, Q = (weights[n] for n in low.affine)
-        if P.shape == r.full and Q.shape == r.full:
-            args = (xin, P, Q, bias, r, low.const_scale, ct, cd)
-            # no graph to record (inference): the same computation without the Function's overhead
-            fn = _AffineConv.apply if _needs_grad(xin, P, Q, bias) else (lambda *a: _AffineConv.run(*a)[0])
-            if cd == x.dtype:
-                return fn(*args)
-            with _autocast_off(x):  # the dtypes are chosen above; autocast would run the bmm in bf16
-                return fn(*args)
     if len(terms) == 1 and terms[0].kind == "x":
         G = xin if xin.dtype == cd else xin.to(cd)
     elif len(terms) == 1:  # one term: plain autograd is already one kernel each way
@@ -329,23 +454,28 @@ def _run(x, bias, weights, call):
         gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
         G = torch.stack([t.unflatten(1, (g.groups, g.cin_per_group)) for t in gx], 2).flatten(1, 3)
     else:
-        G = (_Stack.apply if _needs_grad(xin) else _Stack.run)(xin, terms, g.groups, ct, cd)
+        G = (_Stack.apply if torch.is_grad_enabled() and xin.requires_grad else _Stack.run)(xin, stack, ct, cd)
     if r.post:
         G = F.pad(G, r.post)
 
-    w = {n: (t if t.dtype == ct else t.to(ct)) for n, t in weights.items()}
-    hs = [_full(fn(None, w), r.full, ct, x.device) for fn in low.hs]
+    w = weights
+    for t in weights.values():
+        if t.dtype != ct:
+            w = {n: (t if t.dtype == ct else t.to(ct)) for n, t in weights.items()}
+            break
+    hs = [_full(fn(None, w), r.full, ct, dev) for fn in low.hs]
     if r.mean_scale != 1.0:
         hs = [h * r.mean_scale for h in hs]
-    H = hs[0] if len(hs) == 1 else torch.stack(hs, 1).flatten(1, 2)  # (O, T*Cg, *k), T-major per group
+    # (O, T*Cg, *k), T-major per group: the cat along dim 1 is stack(hs, 1).flatten(1, 2) in one op
+    H = hs[0] if len(hs) == 1 else torch.cat(hs, 1)
     H = H if H.dtype == cd else H.to(cd)
 
     b = bias if bias is None or bias.dtype == ct else bias.to(ct)
     cmap = mask = None
     if r.ignore:
-        mask = _mask(g, x.device, ct)
+        mask = _mask(g, dev, ct)
     if low.const is not None:
-        cw = _full(low.const(None, w), r.full, ct, x.device)
+        cw = _full(low.const(None, w), r.full, ct, dev)
         if r.ignore:  # constant at valid taps only: the mask convolved with the per-tap constant
             with _autocast_off(x):  # tap counts and constants: never in bfloat16
                 cmap = r.conv(mask, cw.sum(1, keepdim=True) * low.const_scale, None, g.stride, 0, g.dilation)
@@ -363,7 +493,7 @@ def _run(x, bias, weights, call):
         y = y + cmap
     if call.reduce == "mean":
         with _autocast_off(x):
-            count = r.conv(mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=x.device), None, g.stride, 0,
+            count = r.conv(mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=dev), None, g.stride, 0,
                            g.dilation) * g.cin_per_group
         # A window with no valid tap is a mean of nothing: NaN, as in the reference, but only
         # in the value: 1/0 in the gradient would turn the weights' gradient into NaN too.
@@ -372,10 +502,6 @@ def _run(x, bias, weights, call):
         if bias_after is not None:
             y = y + bias_after.reshape((1, -1) + (1,) * g.dims)
     return y.to(out)
-
-
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
