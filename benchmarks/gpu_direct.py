@@ -159,6 +159,62 @@ def run(args):
             "when": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows, "checks": checks}
 
 
+def sweep():
+    """Forward of each Gluon config against the portable kernel; per-kernel times of fwd+bwd."""
+    from lambdaconv.backends.triton import gluon
+    torch.backends.cudnn.allow_tf32 = False
+    base = list(gluon.CONFIGS)
+    SWEEP = base  # noqa: N806
+    s1, s2 = SHAPES
+    plan = [(s1, "adder", torch.float32, SWEEP), (s1, "max-plus", torch.float32, SWEEP),
+            (s1, "max-plus", torch.float16, SWEEP[:4]), (s1, "adder", torch.float16, SWEEP[:2]),
+            (s1, "sigmoid(A*x)*B", torch.float32, [SWEEP[0], SWEEP[2], SWEEP[3]]),
+            (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4])]
+    for sname, oname, dt, cfgs in plan:
+        shape = SHAPES[sname]
+        n, c, o, s = shape
+        taps = n * o * s * s * c * 9
+        op, red, wn, fn, tred = OPS[oname]
+        x, ws = inputs(shape, wn, dt)
+        f = lc_impl(op, red, "triton")
+        os.environ["LAMBDACONV_GLUON"] = "0"
+        with torch.no_grad():
+            ref = f(x, ws).float()
+            ms = bench(lambda: f(x, ws))
+        print(f"{sname} {oname} {dt} portable {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%}", flush=True)
+        os.environ["LAMBDACONV_GLUON"] = "strict"
+        for cfg in cfgs:
+            gluon.CONFIGS[:] = [cfg]
+            try:
+                with torch.no_grad():
+                    y = f(x, ws).float()
+                    err = ((y - ref).norm() / ref.norm()).item()
+                    ms = bench(lambda: f(x, ws))
+                print(f"{sname} {oname} {dt} {cfg} {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%} "
+                      f"err {err:.1e}", flush=True)
+            except Exception as err:
+                print(f"{sname} {oname} {dt} {cfg} failed {type(err).__name__}: {str(err)[:300]}", flush=True)
+    gluon.CONFIGS[:] = base
+    os.environ["LAMBDACONV_GLUON"] = "1"
+    from torch.profiler import ProfilerActivity, profile
+    shape = SHAPES["N16 C64 O64 56x56"]
+    for oname in ("adder", "sigmoid(A*x)*B", "max-plus"):
+        op, red, wn, fn, tred = OPS[oname]
+        x, ws = inputs(shape, wn, torch.float32)
+        gy = torch.randn(shape[0], shape[2], shape[3], shape[3], device="cuda")
+        leaves = [x.requires_grad_()] + [w.requires_grad_() for w in ws.values()]
+        f = lc_impl(op, red, "triton")
+        for _ in range(3):
+            torch.autograd.grad(f(x, ws), leaves, gy)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                torch.autograd.grad(f(x, ws), leaves, gy)
+            torch.cuda.synchronize()
+        print(f"== {oname} fwd+bwd, 5 iterations")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+
+
 def markdown(res) -> str:
     lines = [f"# Direct ops on {res['device']} (torch {res['torch']}, triton {res['triton']}), {res['when']}", "",
              "do_bench medians; fwd under no_grad; fwd+bwd = gradients of x and every weight.", "",
@@ -182,7 +238,11 @@ def main():
     p.add_argument("--quick", action="store_true", help="first shape only")
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--eager", action="store_true", help="also unfold+broadcast eager (slow, 14-28 GiB)")
+    p.add_argument("--sweep", action="store_true", help="time the Gluon forward configs and the fwd+bwd kernels")
     args = p.parse_args()
+    if args.sweep:
+        sweep()
+        return
     os.makedirs(args.out, exist_ok=True)
     global PARTIAL
     PARTIAL = os.path.join(args.out, "partial_rows.json")

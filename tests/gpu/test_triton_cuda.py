@@ -132,3 +132,78 @@ def test_auto_picks_triton_for_direct_ops():
     call = prepare(2, x, "adder", {"weight": torch.randn(2, 2, 3, 3, device="cuda")}, None, 1, 0, 1, 1, None,
                    "zeros", "auto")[3]
     assert registry.select("auto", call).name == "triton"
+
+
+GLUON_CASES = [  # (op, reduce, weights, dims, conv kwargs): tails in rows, out channels and BLOCK_K
+    ("adder", None, ("weight",), 2, dict(padding=1)),
+    ("adder", "mean", ("weight",), 2, dict(padding=2, dilation=2, stride=2)),
+    ("dilation", None, ("weight",), 2, dict(padding=1, groups=2)),
+    ("erosion", None, ("weight",), 1, dict(padding=1, stride=2)),
+    ("-(x+weight)", "max", ("weight",), 3, dict(padding=1)),
+    ("sigmoid(A*x)*B", None, ("A", "B"), 2, dict(padding=1, padding_mode="reflect")),
+    ("maximum(x, weight)", "sum", ("weight",), 2, dict(padding=0)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", GLUON_CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}d" for c in GLUON_CASES])
+def test_gluon_forward(case, dtype, monkeypatch):
+    # inference forward through the Gluon kernel ("strict": a compile failure fails the test instead
+    # of falling back), against the float64 reference; sizes leave tails in every tile dimension
+    op, reduce, wn, d, kw = case
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    g = torch.Generator(device="cuda").manual_seed(3)
+    groups = kw.get("groups", 1)
+    c, o, size = 12, 70, (13 if d < 3 else 6)
+    x = torch.randn((3, c) + (size,) * d, device="cuda", generator=g).to(dtype)
+    ws = {w: (torch.randn((o, c // groups) + (3,) * d, device="cuda", generator=g) * 0.5).to(dtype) for w in wn}
+    b = torch.randn(o, device="cuda", generator=g)
+    with torch.no_grad():
+        y = CONV[d](x, op, ws, b, reduce=reduce, backend="triton", **kw)
+        r = CONV[d](x.double().cpu(), op, {k: v.double().cpu() for k, v in ws.items()}, b.double().cpu(),
+                    reduce=reduce, backend="reference", **kw)
+    assert y.dtype == dtype
+    assert rel(y.cpu(), r) < TOL[dtype]
+
+
+def test_gluon_fallback_warns_once(monkeypatch):
+    # an op the Gluon kernel cannot print (a helper function) silently takes the portable kernel; a
+    # module that fails to compile warns once and falls back
+    from lambdaconv.backends.triton import gluon
+    from lambdaconv.ir.spec import resolve_op
+    assert gluon.source(resolve_op("tanh(x*weight)"), "sum", "tl.float32") is None
+    assert gluon.source(resolve_op("-abs(x-weight)"), "sum", "tl.float32") is not None
+    monkeypatch.setattr(gluon, "layout", lambda cfg: (_ for _ in ()).throw(RuntimeError("no layout")))
+    monkeypatch.setattr(gluon, "_failed", set())
+    x = torch.randn(2, 4, 9, 9, device="cuda")
+    w = {"weight": torch.randn(5, 4, 3, 3, device="cuda")}
+    with pytest.warns(RuntimeWarning, match="Gluon"):
+        with torch.no_grad():
+            y = lc.conv2d(x, "adder", w, padding=1, backend="triton")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            y2 = lc.conv2d(x, "adder", w, padding=1, backend="triton")
+    assert torch.equal(y, y2)
+
+
+@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
+                                          ("dilation", None, ("weight",))])
+def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
+    # each tuner candidate (unrolled, pipelined, ...) on its own, channels a multiple of BLOCK_K and not
+    from lambdaconv.backends.triton import gluon
+    if i >= len(gluon.CONFIGS):
+        pytest.skip("fewer configs")
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    monkeypatch.setattr(gluon, "CONFIGS", [gluon.CONFIGS[i]])
+    g = torch.Generator(device="cuda").manual_seed(i)
+    for c, o in ((16, 64), (12, 70)):
+        x = torch.randn(2, c, 11, 11, device="cuda", generator=g)
+        ws = {w: torch.randn(o, c, 3, 3, device="cuda", generator=g) * 0.5 for w in wn}
+        with torch.no_grad():
+            y = lc.conv2d(x, op, ws, padding=1, reduce=reduce, backend="triton")
+            r = lc.conv2d(x.double().cpu(), op, {k: v.double().cpu() for k, v in ws.items()}, padding=1,
+                          reduce=reduce, backend="reference")
+        assert rel(y.cpu(), r) < 1e-4, (c, o)

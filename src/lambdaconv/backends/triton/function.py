@@ -82,7 +82,12 @@ class TritonConv(torch.autograd.Function):
         if rows:
             args = (xk, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
             kw = dict(k, HAS_BIAS=bias is not None, SAVE_AUX=save_aux)
-            tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups)
+
+            def portable():
+                tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups)
+
+            if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable):
+                portable()
         ctx.save_for_backward(x, aux, *wts)
         ctx.meta = (spec, g, reduce, names, need_w, mod, k, in_pad)
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -150,6 +155,30 @@ class TritonConv(torch.autograd.Function):
         for n, w, need in zip(names, wts, need_w):
             out.append(gws[n].sum_to_size(w.shape).to(w.dtype) if need else None)
         return (gx, gb, None, None, None, None, *out)
+
+
+def gluon_wanted(device) -> bool:
+    """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0."""
+    return (device.type == "cuda" and not interpreting() and os.environ.get("LAMBDACONV_GLUON", "1") != "0"
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, portable) -> bool:
+    """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
+    applies; False: run the portable one. The Gluon kernel takes the input padded by torch ("zeros"
+    included: its loads then need no masks)."""
+    if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device):
+        return False
+    from . import gluon
+
+    gmod = gluon.module(spec, reduce, compute)
+    if gmod is None:
+        return False
+    xp = pad_input(x, g).contiguous()
+    args = (xp, *wf, bias if bias is not None else y, y, rows)
+    gluon.forward(gmod, args, dict(consts(g, False), HAS_BIAS=bias is not None), rows, g.cout_per_group, g.groups,
+                  g.cin_per_group, portable)
+    return True
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -40,6 +40,10 @@ def _pow2_at_most(v: int, cap: int) -> int:
     return max(1, min(cap, 1 << max(0, math.ceil(math.log2(max(1, v))))))
 
 
+def tuning_enabled() -> bool:
+    return os.environ.get("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
+
+
 def configs(kind: str, n_cols: int):
     if _interpreting():
         return [(16, _pow2_at_most(n_cols, 16), 1, 1, 2)]
@@ -47,7 +51,7 @@ def configs(kind: str, n_cols: int):
     if forced:
         bm, bn, w, st, un = (int(v) for v in forced.split(","))
         return [(bm, _pow2_at_most(n_cols, bn), w, st, un)]
-    tune = os.environ.get("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
+    tune = tuning_enabled()
     seen, out = set(), []
     for bm, bn, w, st, un in CANDIDATES[kind]:
         bn = _pow2_at_most(n_cols, bn)  # no wasted columns for few channels per group
