@@ -175,13 +175,6 @@ def _lowering(spec: OpSpec) -> _Lowering:
                      all(value_at_zero(g) == 0.0 for g, _ in sep.terms), affine)
 
 
-# Function.apply without its Python prologue (a closure, a setup_context check, a generator over
-# the arguments: ~1.5 us of a ~50 us small-conv step) when no functorch transform is active; under
-# one (vmap, grad, ...) the standard apply. The dead-wrapper unwrap it does is kept.
-_C_APPLY = torch._C._FunctionBase.__dict__["apply"]  # what Function.apply ends in (a C classmethod)
-_unwrap = torch._C._functorch.unwrap_if_dead
-
-
 # What _Stack needs besides x, fixed per lowering and groups (one Function argument, not five):
 # order = the backward's accumulation order (constant-derivative terms first: the cheapest start),
 # need_xc = some term is a general expression, which reads x in the compute dtype.
@@ -198,12 +191,6 @@ class _Stack(torch.autograd.Function):
 
     With groups == 1 the stack is (N, T*C, ...) and its T slots are one chunk() of it (no per-slot
     view, no reshape back): host time per view is comparable to a small conv's."""
-
-    @classmethod
-    def apply(cls, x, s, ct, cd):
-        if torch._C._are_functorch_transforms_active():
-            return super().apply(x, s, ct, cd)
-        return _stack_apply(_unwrap(x), s, ct, cd)
 
     @staticmethod
     def run(x, s, ct, cd):
@@ -270,12 +257,6 @@ class _AffineConv(torch.autograd.Function):
     multiply per weight, the one for P an addcmul fused with the conv's weight gradient (and, under
     autocast, with its cast back to float32)."""
 
-    @classmethod
-    def apply(cls, x, P, Q, bias, k, dts):
-        if torch._C._are_functorch_transforms_active():
-            return super().apply(x, P, Q, bias, k, dts)
-        return _affine_apply(_unwrap(x), _unwrap(P), _unwrap(Q), None if bias is None else _unwrap(bias), k, dts)
-
     @staticmethod
     def run(x, P, Q, bias, k, dts):
         """(y, the tensors the backward needs); dts = (compute dtype, conv dtype)."""
@@ -324,8 +305,6 @@ class _AffineConv(torch.autograd.Function):
 
 
 _CONV_BWD = torch.ops.aten.convolution_backward.default
-_affine_apply = _C_APPLY.__get__(_AffineConv, _AffineConv)
-_stack_apply = _C_APPLY.__get__(_Stack, _Stack)
 
 
 @dataclass(frozen=True)
