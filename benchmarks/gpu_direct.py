@@ -139,6 +139,9 @@ def run(args):
             r = measure("lambdaconv triton", ours, x, ws, gy, rows, key)
             if "fwd_ms" in r:
                 r["fwd_roofline_frac"] = taps / (r["fwd_ms"] * 1e-3) / ROOF_TAPS_PER_S
+            os.environ["LAMBDACONV_GLUON_BWD"] = "1"  # the opt-in Gluon backward kernels, side by side
+            measure("lambdaconv triton, Gluon bwd", ours, x, ws, gy, rows, key)
+            os.environ.pop("LAMBDACONV_GLUON_BWD")
             xh, wsh = x.half(), {k: v.half() for k, v in ws.items()}
             measure("lambdaconv triton", ours, xh, wsh, gy.half(), rows, {**key, "dtype": "fp16"})
             if args.peers:
@@ -155,8 +158,10 @@ def run(args):
         gy = torch.randn(n, o, s, s, device="cuda")
         measure("nn.Conv2d (cuDNN, TF32 off)", lambda x_, w_: F.conv2d(x_, w_["weight"], padding=1), x, ws, gy, rows,
                 {"shape": sname, "op": "linear", "dtype": "fp32", "taps": n * o * s * s * c * 9})
+    from lambdaconv.backends.triton import gluon
     return {"device": dev, "torch": torch.__version__, "triton": __import__("triton").__version__,
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows, "checks": checks}
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows, "checks": checks,
+            "gluon_forward_tuning": gluon.TUNE_LOG}
 
 
 def sweep():
@@ -229,6 +234,11 @@ def markdown(res) -> str:
         lines += ["", "Errors:"] + [f"- {r['impl']} {r['shape']} {r['op']} {r['dtype']}: {r['error']}" for r in errs]
     lines += ["", "Correctness (lambdaconv triton fp32 vs float64 unfold definition):", ""]
     lines += [f"- {c['shape']} {c['op']}: rel err {c['rel_err_vs_fp64']:.2e}" for c in res["checks"]]
+    if res.get("gluon_forward_tuning"):
+        lines += ["", "Forward tuning (ms per candidate: Gluon configs, then the portable kernel):", ""]
+        lines += [f"- CG {t['CG']} OG {t['OG']} rows {t['rows']} ({t['module'][-22:]}): "
+                  + ", ".join(f"{ms} {c if c == 'portable' else tuple(c)}" for ms, c in t["ms"])
+                  for t in res["gluon_forward_tuning"]]
     return "\n".join(lines) + "\n"
 
 

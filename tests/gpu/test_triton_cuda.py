@@ -207,3 +207,22 @@ def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
             r = lc.conv2d(x.double().cpu(), op, {k: v.double().cpu() for k, v in ws.items()}, padding=1,
                           reduce=reduce, backend="reference")
         assert rel(y.cpu(), r) < 1e-4, (c, o)
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=1, stride=2), dict(padding=2, dilation=2, groups=2),
+                                dict(padding=1, padding_mode="reflect"), dict(padding=0)],
+                         ids=["pad", "stride2", "dil-groups", "reflect", "valid"])
+@pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
+                                          ("x*weight", "mean", ("weight",))])
+def test_gluon_backward(op, reduce, wn, kw, monkeypatch):
+    # the opt-in Gluon backward kernels (input gradient: stride 1; weights: any stride), "strict"
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
+    check(2, op, reduce, wnames=wn, n=3, c=12, o=20, size=13, **kw)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_gluon_backward_dims(d, monkeypatch):
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
+    check(d, "adder", None, c=6, o=10, size=7 if d == 3 else 30, padding=1)

@@ -12,7 +12,7 @@ import os
 import torch
 
 from ...geometry import Geometry, pad_input, valid_taps
-from . import tuning
+from . import gluon_bwd, tuning
 from .kernels import half_exact, kernels
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
@@ -133,14 +133,25 @@ class TritonConv(torch.autograd.Function):
             gs = gs.contiguous()
             yb = aux if reduce == "logsumexp" else gs
             wb = [_w_full(w, g).permute(0, 3, 1, 2).contiguous() for w in wts]  # (G, T, OG, CG)
+            # Gluon backward kernels: opt-in (LAMBDACONV_GLUON_BWD=1) until measured faster than the portable ones
+            fast = (reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev)
+                    and os.environ.get("LAMBDACONV_GLUON_BWD", "0") == "1")
             if need_x:
                 gxk = torch.empty(xk_c.shape, dtype=x.dtype if in_pad else torch.float32, device=dev)
                 rows = xk_c.numel() // g.in_channels
-                if rows:
+                if rows and not (fast and gluon_bwd.grad_x(spec, xk_c, wb, gs, gxk, k, rows, g.groups)):
                     tuning.launch("bwd_x", mod._bwd_x, (xk_c, *wb, gs, yb, gxk, rows), dict(k), dev, rows,
                                   g.cin_per_group, g.groups)
             if any(need_w):
-                gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, dev))
+                slabs = None
+                if fast and g.batch * g.positions:
+                    xp = pad_input(xk_c, g).contiguous() if in_pad else xk_c
+                    slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
+                                             g.groups, tuning.sm_count(dev))
+                if slabs is not None:
+                    gws.update(_slabs_to_grads(slabs, g, names, need_w))
+                else:
+                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, dev))
         gx = None
         if need_x:
             if in_pad:
@@ -171,6 +182,8 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, por
         return False
     from . import gluon
 
+    if x.dtype == torch.float16 and all(w.dtype == x.dtype for w in wf) and gluon.half_sum(spec, reduce):
+        compute = "tl.float16"
     gmod = gluon.module(spec, reduce, compute)
     if gmod is None:
         return False
@@ -218,6 +231,11 @@ def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, dev) -> di
     else:
         for b in bufs:
             b.zero_()
+    return _slabs_to_grads(bufs, g, names, need_w)
+
+
+def _slabs_to_grads(bufs, g: Geometry, names, need_w) -> dict:
+    """Sum the (SPLITS, G, T, OG, CG) slabs of each wanted weight into its (O, CG, *kernel) gradient."""
     out, it = {}, iter(bufs)
     for n, need in zip(names, need_w):
         if need:
