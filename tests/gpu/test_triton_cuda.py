@@ -188,7 +188,7 @@ def test_gluon_fallback_warns_once(monkeypatch):
     assert torch.equal(y, y2)
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(5))
 @pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
                                           ("dilation", None, ("weight",))])
 def test_gluon_every_config(i, op, reduce, wn, monkeypatch):

@@ -249,14 +249,14 @@ def _warn(err):
 # tuner's candidates, the first used untuned. Measured on an H100 (gpu_direct_notes.md, run 14), fwd ms
 # adder / max-plus at N16 C64 O64 56x56 and adder at N16 C256 O256 14x14: 64x64 4 warps 0.238 /
 # 0.321 / 0.499; 128x64 8 warps unrolled 0.221 / 0.669 / 8.4 (code too large for 32 K steps);
-# 128x64 BLOCK_K 16: 0.339 / 0.755 / 0.371; 256x64 (8x8 per thread): 0.314 / 0.315 / 0.567.
+# 128x64 BLOCK_K 16: 0.339 / 0.755 / 0.371; 256x64 (8x8 per thread, dropped): 0.314 / 0.315 / 0.567.
+# The pipelined ones (K_MODE 2) were first timed by the tuner in run 15.
 CONFIGS = [
     (64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
     (128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 2),
     (128, 64, 16, 4, 8, 4, 8, 8, 1, 0),
-    (256, 64, 8, 8, 8, 4, 8, 8, 1, 0),
 ]
 
 _failed = set()
