@@ -220,11 +220,46 @@ def sweep():
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
+def host():
+    """Host time per no_grad forward (adder, first shape) against its GPU time: where lc.conv2d's
+    end-to-end time exceeds the kernel's (run 18: 0.63-0.82 ms against a 0.21 ms kernel), this says
+    whether the host is the limit and where its time goes."""
+    import cProfile
+    import io
+    import pstats
+    x, ws = inputs(SHAPES["N16 C64 O64 56x56"], ("W",), torch.float32)
+    f = lc_impl("-abs(x-W)", "sum", "triton")
+    with torch.no_grad():
+        f(x, ws)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            f(x, ws)
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        print(f"host {(t1 - t0) / 50 * 1e6:.0f} us per call; GPU drained {(t2 - t1) * 1e3:.2f} ms after; "
+              f"do_bench {bench(lambda: f(x, ws)):.3f} ms", flush=True)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            f(x, ws)
+        prof.disable()
+        torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+    print(out.getvalue())
+
+
 def markdown(res) -> str:
     lines = [f"# Direct ops on {res['device']} (torch {res['torch']}, triton {res['triton']}), {res['when']}", "",
-             "do_bench medians; fwd under no_grad; fwd+bwd = gradients of x and every weight.", "",
+             "do_bench medians; fwd under no_grad; fwd+bwd = gradients of x and every weight.", ""]
+    for run, what in res.get("runs", {}).items():
+        lines += [f"- run {run}: {what}"]
+    lines += ["" if res.get("runs") else None,
              "| shape | op | impl | dtype | fwd ms | fwd+bwd ms | peak GiB | fwd roofline |",
              "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [v for v in lines if v is not None]
     for r in res["rows"]:
         f = lambda k, fmt, s=1: (fmt % (s * r[k])) if k in r else ("err" if "error" in r else "")  # noqa: E731
         lines.append(f"| {r['shape']} | {r['op']} | {r['impl']} | {r['dtype']} | {f('fwd_ms', '%.3f')} | "
@@ -249,9 +284,13 @@ def main():
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--eager", action="store_true", help="also unfold+broadcast eager (slow, 14-28 GiB)")
     p.add_argument("--sweep", action="store_true", help="time the Gluon forward configs and the fwd+bwd kernels")
+    p.add_argument("--host", action="store_true", help="host us per forward call and a cProfile of 20 calls")
     args = p.parse_args()
     if args.sweep:
         sweep()
+        return
+    if args.host:
+        host()
         return
     os.makedirs(args.out, exist_ok=True)
     global PARTIAL
