@@ -4,10 +4,12 @@ and deterministic mode. CUDA parts: tests/gpu/test_ecosystem_gpu.py. Compiles ar
 (torch.compile is the slow part); most use aot_eager, which runs the same graphs as inductor does
 minus code generation.
 """
+import datetime
 import io
 import os
 import pickle
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -221,6 +223,21 @@ def test_autocast_leaves_float64_alone():
 
 # ---------------------------------------------------------------------------- DDP / FSDP2 (gloo)
 
+def _kill_tree(pid: int) -> None:
+    import signal
+
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        children = []
+    for c in children:
+        _kill_tree(int(c))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,7 +248,8 @@ def _worker(rank, world, port, mode, out):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a bounded wait: a rank that never arrives fails the collective instead of hanging CI
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         torch.manual_seed(0)
         m = model()
@@ -255,8 +273,28 @@ def _worker(rank, world, port, mode, out):
         dist.destroy_process_group()
 
 
+def _spawn(mode, out):
+    mp.spawn(_worker, args=(2, _free_port(), mode, out), nprocs=2, join=True)
+
+
 def _distributed(mode, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), mode, str(tmp_path)), nprocs=2, join=True)
+    # The two ranks run under a watchdog process: on a loaded 2-core machine a gloo rendezvous was
+    # once seen to hang with one rank gone (port taken between _free_port and bind?). A run that
+    # does not finish in time is killed with its ranks and tried once more on a fresh port; a second
+    # failure fails the test.
+    ctx = mp.get_context("spawn")
+    for attempt in range(2):
+        p = ctx.Process(target=_spawn, args=(mode, str(tmp_path)))
+        p.start()
+        p.join(timeout=150)
+        if p.is_alive():
+            _kill_tree(p.pid)
+            p.join()
+            continue
+        assert p.exitcode == 0, f"{mode} ranks failed (exit code {p.exitcode})"
+        break
+    else:
+        pytest.fail(f"{mode} with 2 gloo ranks did not finish in 150 s, twice")
     m = model()
     x = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(5))
     m(x).pow(2).mean().backward()
