@@ -16,51 +16,46 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import lambdaconv as lc
+from lambdaconv.bench.cases import parse_ops, parse_shape
+from lambdaconv.bench.methods import make_inputs, unfold_conv
 
-UNFOLD = {  # the way people write it today: (N, 1, CK, P) against (O, CK, 1), then reduce
-    "adder": lambda cols, w: -(cols[:, None] - w).abs().sum(2),
-    "dilation": lambda cols, w: (cols[:, None] + w).amax(2),
-}
-
-
-def unfold_conv(op, x, w):
-    n, c, h, wd = x.shape
-    o = w.shape[0]
-    cols = F.unfold(x, w.shape[-1], padding=1)  # (N, CK, P)
-    return UNFOLD[op](cols, w.reshape(o, -1, 1)).reshape(n, o, h, wd)
+SPEED_SHAPE = parse_shape("N8C32O32H32k3")  # padding 1
+MEMORY_SHAPE = parse_shape("N8C64O64H64k3")
 
 
-def methods(op):
-    compiled = torch.compile(lambda x, w: unfold_conv(op, x, w))
+def methods(case, shape):
+    """lambdaconv, and the peers exactly as `python -m lambdaconv.bench` builds them."""
+    eager = unfold_conv(case, shape)  # unfold + broadcast + reduce: the whole taps tensor
     return {
-        "lambdaconv": lambda x, w: lc.conv2d(x, op, {"weight": w}, padding=1),
-        "unfold": lambda x, w: unfold_conv(op, x, w),
-        "compile": compiled,
+        "lambdaconv": lambda x, ws: lc.conv2d(x, case.op, ws, padding=shape.p, reduce=case.reduce),
+        "unfold": eager,
+        "compile": torch.compile(eager),
     }
 
 
-def fwd_bwd(f, x, w):
-    y = f(x, w)
+def fwd_bwd(f, x, ws):
+    y = f(x, ws)
     y.backward(torch.ones_like(y))
 
 
 def speed(rounds):
     rows = []
     torch.manual_seed(0)
-    for op in ("adder", "dilation"):
-        x = torch.randn(8, 32, 32, 32, requires_grad=True)
-        w = torch.randn(32, 32, 3, 3, requires_grad=True)
-        ms = methods(op)
+    for case in parse_ops("adder,dilation"):
+        op = case.op
+        x, ws = make_inputs(case, SPEED_SHAPE, "cpu", torch.float32)
+        x.requires_grad_()
+        ws = {n: w.requires_grad_() for n, w in ws.items()}
+        ms = methods(case, SPEED_SHAPE)
         for f in ms.values():  # warm-up (compiles)
-            fwd_bwd(f, x, w)
+            fwd_bwd(f, x, ws)
         times = {k: [] for k in ms}
         for _ in range(rounds):
             for k, f in ms.items():
                 t = time.perf_counter()
-                fwd_bwd(f, x, w)
+                fwd_bwd(f, x, ws)
                 times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         for k in ms:
@@ -72,11 +67,11 @@ def speed(rounds):
 
 def _rss_child(method):
     """Run in a subprocess: peak RSS growth (GiB) of one fwd+bwd (or fwd only) of the big adder."""
-    torch.manual_seed(0)
-    x = torch.randn(8, 64, 64, 64, requires_grad=True)
-    w = torch.randn(64, 64, 3, 3, requires_grad=True)
-    f = {"lambdaconv": lambda: fwd_bwd(lambda a, b: lc.conv2d(a, "adder", {"weight": b}, padding=1), x, w),
-         "unfold_fwd_only": lambda: unfold_conv("adder", x.detach(), w.detach())}[method]
+    (case,) = parse_ops("adder")
+    x, ws = make_inputs(case, MEMORY_SHAPE, "cpu", torch.float32)
+    f = {"lambdaconv": lambda: fwd_bwd(methods(case, MEMORY_SHAPE)["lambdaconv"], x.requires_grad_(),
+                                       {n: w.requires_grad_() for n, w in ws.items()}),
+         "unfold_fwd_only": lambda: unfold_conv(case, MEMORY_SHAPE)(x, ws)}[method]
 
     def status(key):
         with open("/proc/self/status") as fh:
