@@ -16,6 +16,7 @@ an API change, an old GPU), runs the portable kernel; a compile failure warns on
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from string import Template
@@ -266,7 +267,9 @@ _chosen: dict = {}
 TUNE_LOG: list = []  # every tuning decision: candidates and their times (benchmarks print it)
 
 
+@functools.lru_cache(maxsize=None)
 def layout(cfg):
+    """The 3-D BlockedLayout of a config (cached: built on every launch otherwise)."""
     from triton.experimental.gluon import language as gl
     bm, bn, bk, tm, tn, pm, pn, wm, wn, _ = cfg
     assert bm == tm * pm * wm and bn == tn * pn * wn and pm * pn == 32, cfg

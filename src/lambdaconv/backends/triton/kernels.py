@@ -139,5 +139,14 @@ def load(text: str, interpret: bool):
     return mod
 
 
+_by_key: dict = {}
+
+
 def kernels(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, interpret: bool, compute="tl.float32"):
-    return load(source(spec, reduce, need_x, tuple(need_w), compute), interpret)
+    """The kernel module of (op, reduce, gradients wanted, compute dtype), generated once per key:
+    generating and hashing the text costs ~0.1 ms of host time, more than the kernel at small sizes."""
+    key = (spec, reduce, need_x, tuple(need_w), interpret, compute)
+    mod = _by_key.get(key)
+    if mod is None:
+        mod = _by_key[key] = load(source(spec, reduce, need_x, tuple(need_w), compute), interpret)
+    return mod
