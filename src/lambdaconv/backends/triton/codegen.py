@@ -26,8 +26,8 @@ OPS_SRC = {
     "div": "{0} / {1}",
     "neg": "-{0}",
     "abs": "tl.abs({0})",
-    # torch.sign(nan) is nan: {0} * 0.0 keeps it (and gives 0 for 0).
-    "sign": "tl.where({0} > 0.0, 1.0, tl.where({0} < 0.0, -1.0, {0} * 0.0))",
+    # torch.sign is (x > 0) - (x < 0): 0 for 0 and for NaN
+    "sign": "tl.where({0} > 0.0, 1.0, tl.where({0} < 0.0, -1.0, 0.0))",
     "exp": "tl.exp({0})",
     "expm1": "_expm1({0})",
     "log": "tl.log({0})",

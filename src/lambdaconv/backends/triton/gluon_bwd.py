@@ -16,14 +16,15 @@ so these are opt-in (LAMBDACONV_GLUON_BWD=1); cheaper gradient expressions are t
   [TO, TC] partial sums for its rows, and the rows are reduced across lanes once at the end. Splits
   of the rows write separate slabs that torch sums, as the portable kernel does.
 
-A tap whose upstream gradient is 0 is dropped by a select (its partial may be inf/NaN), as in the
-portable kernels. Anything the kernels do not cover returns None from source() and runs portable.
+The per-tap term gs * partial is gradcode.term's, as in the portable kernels (a select drops
+missing taps only where the partial may be inf/NaN). Anything the kernels do not cover returns None from source() and runs portable.
 """
 from __future__ import annotations
 
 import os
 from string import Template
 
+from . import gradcode
 from . import templates as T
 from .gluon import GLUON_HEADER, _HELPERS, _indent
 
@@ -78,7 +79,7 @@ $GEOMETRY
             gs = gl.expand_dims(gl.load(gsp_ptr + (g_off + (shift + o0 * GP))), 2)  # [BLOCK_M, BLOCK_K, 1]
 $W_LOADS
 $OP_CODE
-            acc += gl.sum(gl.where(gs != 0.0, gs * ($OUT), 0.0), axis=1)
+            acc += gl.sum($TERM, axis=1)
     offs_c = gl.expand_dims(offs_cx, 0)
     mask = gl.expand_dims(offs_mx < n_rows, 1) & (offs_c < CG)
     gl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -152,7 +153,7 @@ $GW_STORE
 W_LOAD_W = "    w_{i} = gl.expand_dims(gl.load(w{i}_ptr + w_off).to(gl.float32), 1)  # [BLOCK_O, 1, BLOCK_C]"
 GW_ARG = "    gw{i}_ptr,  # fp32 (SPLITS, G, T, OG, CG) partial gradient of weight {name!r}"
 GW_INIT = "    gw_{i} = gl.zeros([BLOCK_O, BLOCK_R, BLOCK_C], gl.float32, L3)"
-GW_ACC = "        gw_{i} += gl.where(gs != 0.0, gs * ({out}), 0.0)"
+GW_ACC = "        gw_{i} += {term}"
 GW_STORE = "    gl.store(gw{i}_ptr + split * (O * CG * T) + w_off, gl.sum(gw_{i}, axis=1), mask=mask)"
 
 
@@ -170,14 +171,16 @@ def source_x(spec):
     from .codegen import emit
     names = spec.weight_names
     px = spec.partials()[0]
-    code, (out,) = emit([px], "xv", {n: f"w_{i}" for i, n in enumerate(names)}, 12)
+    tx, sel = gradcode.term(px)
+    code, (out,) = emit([tx], "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
     if not _ok(code, [out], [px], "weight"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
     head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE="sum (input gradient)")
     return head + Template(BWD_X).substitute(
         W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
-        W_LOADS="\n".join(W_LOAD_X.format(i=i) for i in range(len(names))), OP_CODE=code, OUT=out)
+        W_LOADS="\n".join(W_LOAD_X.format(i=i) for i in range(len(names))), OP_CODE=code,
+        TERM=gradcode.value(out, sel, "gl"))
 
 
 def source_w(spec, need_w):
@@ -185,8 +188,10 @@ def source_w(spec, need_w):
     from .codegen import emit
     names = spec.weight_names
     wanted = [p for p, k in zip(spec.partials()[1:], need_w) if k]
+    terms = [gradcode.term(p) for p in wanted]
     gw_names = [n for n, k in zip(names, need_w) if k]
-    code, outs = emit(wanted, "xv", {n: f"w_{i}" for i, n in enumerate(names)}, 8)
+    code, outs = emit([t for t, _ in terms], "xv",
+                      {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 8)
     if not wanted or not _ok(code, outs, wanted, "input"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
@@ -196,7 +201,8 @@ def source_w(spec, need_w):
         GW_ARGS="\n".join(GW_ARG.format(i=i, name=n) for i, n in enumerate(gw_names)),
         W_LOADS="\n".join(W_LOAD_W.format(i=i) for i in range(len(names))),
         GW_INIT=_indent("\n".join(GW_INIT.strip().format(i=i) for i in range(len(gw_names))), 4),
-        OP_CODE=code, GW_ACC=_indent("\n".join(GW_ACC.strip().format(i=i, out=o) for i, o in enumerate(outs)), 8),
+        OP_CODE=code, GW_ACC=_indent("\n".join(GW_ACC.strip().format(i=i, term=gradcode.value(o, sel, "gl"))
+                                 for i, (o, (_, sel)) in enumerate(zip(outs, terms))), 8),
         GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
 
 

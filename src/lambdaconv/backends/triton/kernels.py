@@ -16,10 +16,11 @@ import tempfile
 from string import Template
 
 from ...ir import OpSpec
+from . import gradcode
 from . import templates as T
 from .codegen import PRELUDE, emit
 
-GENERATOR_VERSION = "1"  # bump when the templates change meaning (the hash covers the text anyway)
+GENERATOR_VERSION = "2"  # bump when the templates change meaning (the hash covers the text anyway)
 
 _modules: dict = {}
 
@@ -77,27 +78,27 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str 
                            GW_ARGS=_lines(T.GW_ARG_S, gw_names), OP_CODE=code,
                            ATOMICS="\n".join(atomics) or "    pass"))
         return "\n".join(parts)
+    gv = {**wv, gradcode.GS_NAME: "gs"}  # the gradient terms read the kernels' `gs`
     if need_x:
-        exprs = [partials[0]] + ([spec.expr] if lse else [])
-        code, outs = emit(exprs, "xv", wv, 12)
+        tx, sel = gradcode.term(partials[0], lse)
+        code, outs = emit([tx] + ([spec.expr] if lse else []), "xv", gv, 12)
         scale = Template(T.SCALE_LSE_X).substitute(FWD=outs[1]) if lse else ""
         parts.append(_fill(T.BACKWARD_X, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(T.W_LOAD_X, names),
-                           OP_CODE=code, SCALE=scale, OUT_0=outs[0]))
+                           OP_CODE=code, SCALE=scale, TERM_0=gradcode.value(outs[0], sel)))
     if any(need_w):
-        wanted = [p for p, k in zip(partials[1:], need_w) if k]
+        terms = [gradcode.term(p, lse) for p, k in zip(partials[1:], need_w) if k]
         gw_names = [n for n, k in zip(names, need_w) if k]
-        exprs = wanted + ([spec.expr] if lse else [])
-        code, outs = emit(exprs, "xv", wv, 8)
+        code, outs = emit([t for t, _ in terms] + ([spec.expr] if lse else []), "xv", gv, 8)
         # logsumexp: the softmax scale exp(tap - y) needs the forward value, printed in the same namespace
-        for tmpl, loads, init, acc, store, lse_scale in (
-                (T.BACKWARD_W, T.W_LOAD_W, T.GW_INIT, T.GW_ACC, T.GW_STORE, T.SCALE_LSE_W),
-                (T.BACKWARD_W_ROWS, T.W_LOAD_W_ROWS, T.GW_INIT_ROWS, T.GW_ACC_ROWS, T.GW_STORE_ROWS,
-                 T.SCALE_LSE_W_ROWS)):
+        for tmpl, loads, init, store, lse_scale in (
+                (T.BACKWARD_W, T.W_LOAD_W, T.GW_INIT, T.GW_STORE, T.SCALE_LSE_W),
+                (T.BACKWARD_W_ROWS, T.W_LOAD_W_ROWS, T.GW_INIT_ROWS, T.GW_STORE_ROWS, T.SCALE_LSE_W_ROWS)):
             scale = Template(lse_scale).substitute(FWD=outs[-1]) + "\n" if lse else ""
             parts.append(_fill(
                 tmpl, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(loads, names),
                 GW_ARGS=_lines(T.GW_ARG, gw_names), OP_CODE=code, SCALE="", GW_INIT=_lines(init, gw_names),
-                GW_ACC=scale + "\n".join(acc.format(i=i, out=o) for i, o in enumerate(outs[:len(gw_names)])),
+                GW_ACC=scale + "\n".join(T.GW_ACC.format(i=i, term=gradcode.value(o, sel))
+                                         for i, (o, (_, sel)) in enumerate(zip(outs, terms))),
                 GW_STORE=_lines(store, gw_names)))
     return "\n".join(parts)
 

@@ -199,9 +199,8 @@ $GEOMETRY
 $W_LOADS
 $OP_CODE
 $SCALE
-            # where, not a product with 0: the partial may be inf/NaN on a tap that does not exist
-            # (gs is 0 there). A real tap whose upstream gradient is exactly 0 is dropped too.
-            acc += tl.where(gs != 0.0, gs * ($OUT_0), 0.0)
+            # gs * d op/dx, rewritten by gradcode.term (a select drops missing taps where needed)
+            acc += $TERM_0
     tl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=x_mask)
 '''
 
@@ -277,9 +276,8 @@ $GW_STORE
 W_LOAD_W = "    w_{i} = tl.load(w{i}_ptr + w_off, mask=w_mask, other=0.0).to(tl.float32)"
 GW_ARG = "    gw{i}_ptr,  # fp32 (SPLITS, G, T, OG, CG) partial gradient of weight {name!r}"
 GW_INIT = "    gw_{i} = tl.zeros([BLOCK_O, BLOCK_C], tl.float32)"
-# A tap that does not exist has gs = 0, and its partial may be inf/NaN: a select drops it (a
-# product with 0 would give NaN). A real tap whose upstream gradient is exactly 0 is dropped too.
-GW_ACC = "        gw_{i} += tl.where(gs != 0.0, gs * ({out}), 0.0)"
+# gs * d op/dw: gradcode.term's expression, or the partial under a select that drops missing taps
+GW_ACC = "        gw_{i} += {term}"
 GW_STORE = ("    tl.store(gw{i}_ptr + split * (O * CG * T) + w_off, gw_{i}, mask=w_mask)")
 SCALE_LSE_W = ("        yv = tl.load(y_ptr + s_at + offs_o * P, mask=o_ok, other=0.0)[:, None]\n"
                "        gs = tl.where(gs != 0.0, gs * tl.exp($FWD - yv), 0.0)")
@@ -405,7 +403,6 @@ $GW_STORE
 
 W_LOAD_W_ROWS = "    w_{i} = tl.load(w{i}_ptr + w_off, mask=c_ok, other=0.0).to(tl.float32)[None, :]"
 GW_INIT_ROWS = "    gw_{i} = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)"
-GW_ACC_ROWS = GW_ACC
 GW_STORE_ROWS = "    tl.store(gw{i}_ptr + split * (O * CG * T) + w_off, tl.reduce(gw_{i}, 0, _add), mask=c_ok)"
 SCALE_LSE_W_ROWS = ("        yv = tl.load(y_ptr + s_at, mask=m_ok, other=0.0)[:, None]\n"
                     "        gs = tl.where(gs != 0.0, gs * tl.exp($FWD - yv), 0.0)")
