@@ -201,9 +201,15 @@ def sweep():
                 print(f"{sname} {oname} {dt} {cfg} failed {type(err).__name__}: {str(err)[:300]}", flush=True)
     gluon.CONFIGS[:] = base
     os.environ["LAMBDACONV_GLUON"] = "1"
+    kernel_times()
+
+
+def kernel_times():
+    """Per-kernel GPU time of fwd+bwd (profiler), portable backward then the Gluon one."""
     from torch.profiler import ProfilerActivity, profile
     shape = SHAPES["N16 C64 O64 56x56"]
-    for oname in ("adder", "sigmoid(A*x)*B", "max-plus"):
+    for oname, gbwd in (("adder", "0"), ("adder", "1"), ("sigmoid(A*x)*B", "0"), ("max-plus", "0")):
+        os.environ["LAMBDACONV_GLUON_BWD"] = gbwd
         op, red, wn, fn, tred = OPS[oname]
         x, ws = inputs(shape, wn, torch.float32)
         gy = torch.randn(shape[0], shape[2], shape[3], shape[3], device="cuda")
@@ -216,7 +222,7 @@ def sweep():
             for _ in range(5):
                 torch.autograd.grad(f(x, ws), leaves, gy)
             torch.cuda.synchronize()
-        print(f"== {oname} fwd+bwd, 5 iterations")
+        print(f"== {oname} fwd+bwd, 5 iterations, LAMBDACONV_GLUON_BWD={gbwd}")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
@@ -284,6 +290,7 @@ def main():
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--eager", action="store_true", help="also unfold+broadcast eager (slow, 14-28 GiB)")
     p.add_argument("--sweep", action="store_true", help="time the Gluon forward configs and the fwd+bwd kernels")
+    p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of fwd+bwd (profiler)")
     p.add_argument("--host", action="store_true", help="host us per forward call and a cProfile of 20 calls")
     args = p.parse_args()
     if args.sweep:
@@ -291,6 +298,9 @@ def main():
         return
     if args.host:
         host()
+        return
+    if args.kernels:
+        kernel_times()
         return
     os.makedirs(args.out, exist_ok=True)
     global PARTIAL
