@@ -48,12 +48,15 @@ def tracing() -> bool:
 
 # ---------------------------------------------------------------------------------------- autocast
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu")
+
+
 def autocast_inputs(x: Tensor, bias, weights: dict):
     """What autocast does to nn.ConvNd's inputs: floating tensors other than float64 are cast to
     the autocast dtype (a float64 input stays float64). The backends then compute in float32 from
     those low-precision values and return the low-precision dtype, as the native conv does."""
     dev = x.device.type
-    if dev not in ("cpu", "cuda", "xpu") or not torch.is_autocast_enabled(dev) or x.dtype == torch.float64:
+    if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev) or x.dtype == torch.float64:
         return x, bias, weights
     dt = torch.get_autocast_dtype(dev)
 
@@ -66,7 +69,7 @@ def autocast_inputs(x: Tensor, bias, weights: dict):
 def _autocast_off(x: Tensor):
     # Inside a backend the precision is the backend's (float32 accumulation): autocast must not
     # re-cast its internal matmuls and reductions.
-    return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda", "xpu") \
+    return torch.autocast(x.device.type, enabled=False) if x.device.type in _AUTOCAST_DEVICES \
         else _Null()
 
 
@@ -81,6 +84,11 @@ class _Null:
 def run_direct(b, x, bias, ws: dict, call, select):
     """Eager direct path: autocast casts, then the backend with autocast off. `select` re-picks the
     backend when the cast changed the dtype (a backend may support one dtype and not another)."""
+    dev = x.device.type
+    if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev):
+        # autocast is off for x's device: nothing to cast, nothing to turn off (entering
+        # autocast(enabled=False) would cost more host time than a small conv's kernels)
+        return b.run(x, bias, ws, call)
     x2, bias2, ws2 = autocast_inputs(x, bias, ws)
     if x2.dtype != x.dtype:
         call = backends.Call(call.spec, call.reduce, call.geometry, call.device, x2.dtype)
