@@ -40,11 +40,15 @@ def _unsupported(call: Call):
     return None
 
 
-def _run(x, bias, weights, call: Call):
-    from .function import TritonConv
+_apply = None  # TritonConv.apply, imported on the first call (the import needs triton)
 
-    names = tuple(weights)
-    return TritonConv.apply(x, bias, call.spec, call.geometry, call.reduce, names, *weights.values())
+
+def _run(x, bias, weights, call: Call):
+    global _apply
+    if _apply is None:
+        from .function import TritonConv
+        _apply = TritonConv.apply
+    return _apply(x, bias, (call.spec, call.geometry, call.reduce, tuple(weights)), *weights.values())
 
 
 register(Backend("triton", _unsupported, _run, PRIORITY,

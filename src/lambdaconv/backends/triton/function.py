@@ -3,11 +3,16 @@
 Semantics follow backends/tiled.py (and reference.py): compute in float32 for float32/16/bf16
 inputs, output in the input dtype; reflect/replicate/circular padding is done by torch before the
 kernel (and its gradient by torch's autograd after), zeros/ignore padding inside the kernel.
+
+Host time: a small conv's kernels take less time than the Python around them, so everything that
+is a function of the call's geometry (constexpr dicts, kernel modules, launch sizes) is computed
+once per key (tuning.memo) and the per-call work is the tensors and the launches.
 """
 from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -17,6 +22,9 @@ from .kernels import half_exact, kernels
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
 _HALF = {torch.float16: "tl.float16"}
+_IN_KERNEL_PAD = ("zeros", "ignore")
+_BIAS_DIMS = {d: [0] + list(range(2, 2 + d)) for d in (1, 2, 3)}  # the bias gradient sums over these
+_AUX = ("max", "min", "logsumexp")
 
 
 def interpreting() -> bool:
@@ -27,9 +35,7 @@ def _as3(v: tuple, fill) -> tuple:
     return (fill,) * (3 - len(v)) + tuple(v)
 
 
-def consts(g: Geometry, in_kernel_pad: bool) -> dict:
-    """Constexpr geometry of the kernels, as 3-d. Without in-kernel padding the input given to the
-    kernel is already padded (torch), so its size is the padded size and the kernel pads nothing."""
+def _consts(g: Geometry, in_kernel_pad: bool) -> dict:
     size = g.in_size if in_kernel_pad else g.padded_size
     pad = tuple(lo for lo, _ in g.pad) if in_kernel_pad else (0,) * g.dims
     names = ("D", "H", "W")
@@ -42,79 +48,144 @@ def consts(g: Geometry, in_kernel_pad: bool) -> dict:
     return out
 
 
+_CONSTS: dict = {}
+
+
+def consts(g: Geometry, in_kernel_pad: bool) -> dict:
+    """Constexpr geometry of the kernels, as 3-d. Without in-kernel padding the input given to the
+    kernel is already padded (torch), so its size is the padded size and the kernel pads nothing.
+    Shared per (geometry, in_kernel_pad): read it or copy it (dict(k, ...)), never change it."""
+    return tuning.memo(_CONSTS, (g, in_kernel_pad), lambda: _consts(g, in_kernel_pad))
+
+
 def _w_full(w: torch.Tensor, g: Geometry) -> torch.Tensor:
     """(G, OG, CG, T) view of a weight broadcast to (O, CG, *kernel)."""
-    full = w.expand((g.out_channels, g.cin_per_group) + g.kernel)
-    return full.reshape(g.groups, g.cout_per_group, g.cin_per_group, g.taps)
+    full = (g.out_channels, g.cin_per_group) + g.kernel
+    if w.shape != full:
+        w = w.expand(full)
+    return w.reshape(g.groups, g.cout_per_group, g.cin_per_group, g.taps)
+
+
+# The kernels' weight layouts, as dims of (G, OG, CG, T): forward (G, CG*T, OG), input gradient
+# (G, T, OG, CG); None: CG and T merged into one dim.
+_FWD_LAYOUT = (0, None, 1)
+_BWD_LAYOUT = (0, 3, 1, 2)
+
+
+def _w_layout(w: torch.Tensor, g: Geometry, dims: tuple) -> torch.Tensor:
+    """The weight broadcast to (O, CG, *kernel), as (G, OG, CG, T) permuted to `dims`, contiguous.
+    A contiguous full-size weight is read in that order through one strided view: each view op
+    costs about as much host time as the copy."""
+    G, OG, CG, T = g.groups, g.cout_per_group, g.cin_per_group, g.taps
+    if w.is_contiguous() and w.shape == (g.out_channels, CG) + g.kernel:
+        sizes, strides = (G, OG, CG, T, CG * T), (OG * CG * T, CG * T, T, 1, 1)
+        return w.as_strided([sizes[4 if d is None else d] for d in dims],
+                            [strides[4 if d is None else d] for d in dims]).contiguous()
+    full = _w_full(w, g)
+    if None in dims:  # CG, T merged
+        return full.permute(0, 2, 3, 1).reshape(G, CG * T, OG).contiguous()
+    return full.permute(dims).contiguous()
 
 
 def _pow2(v: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, 1 << max(0, math.ceil(math.log2(max(1, v))))))
 
 
+class _Fwd(NamedTuple):
+    """What a forward needs that is a function of its key (see _fwd_plan)."""
+    mod: object  # the kernel module
+    k: dict  # consts
+    kw: dict  # the forward kernel's constexprs
+    kw_key: tuple  # kw as a hashable key (the tuner's)
+    k_key: tuple  # k as one (the backward's tuner)
+    y_shape: tuple
+    rows: int
+
+
+def _fwd_plan(spec, g: Geometry, reduce, need_x, need_w, interp, compute, has_bias, save_aux) -> _Fwd:
+    k = consts(g, g.padding_mode in _IN_KERNEL_PAD)
+    kw = dict(k, HAS_BIAS=has_bias, SAVE_AUX=save_aux)
+    return _Fwd(kernels(spec, reduce, need_x, need_w, interp, compute), k, kw, tuple(sorted(kw.items())),
+                tuple(sorted(k.items())), (g.batch, g.out_channels) + g.out_size, g.batch * g.positions)
+
+
+_PLANS: dict = {}
+_HALF_EXACT: dict = {}
+
+
 class TritonConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, bias, spec, g, reduce, names, *wts):
+    def forward(ctx, x, bias, meta, *wts):
+        """meta: (spec, geometry, reduce, weight names), one argument (each costs host time in apply)."""
+        spec, g, reduce, names = meta
         if x.dtype == torch.float64:
             raise TypeError("the triton backend computes in float32; float64 runs on 'tiled'")
-        in_pad = g.padding_mode in ("zeros", "ignore")
+        in_pad = g.padding_mode in _IN_KERNEL_PAD
         xk = (x if in_pad else pad_input(x, g)).contiguous()
-        k = consts(g, in_pad)
-        need_x = ctx.needs_input_grad[0]
-        need_w = tuple(bool(v) for v in ctx.needs_input_grad[6:])
-        grad = need_x or any(need_w)
+        needs = ctx.needs_input_grad
+        need_x, need_w = needs[0], needs[3:]  # bools
+        grad = need_x or True in need_w
+        interp = interpreting()
         compute = "tl.float32"
         # Inference only: rounding to half precision creates ties, and the winner of a tie among
         # rounded values need not be the true argmax that the gradient must go to.
-        if not grad and x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and half_exact(spec, reduce):
+        if not grad and x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and \
+                tuning.memo(_HALF_EXACT, (spec, reduce), lambda: half_exact(spec, reduce)):
             compute = _HALF[x.dtype]
-        mod = kernels(spec, reduce, need_x, need_w, interpreting(), compute)
-        wf = [_w_full(w, g).permute(0, 2, 3, 1).reshape(g.groups, -1, g.cout_per_group).contiguous()
-              for w in wts]  # (G, CG*T, OG)
-        N = g.batch
-        y = torch.empty((N, g.out_channels) + g.out_size, dtype=x.dtype, device=x.device)
-        save_aux = grad and reduce in ("max", "min", "logsumexp")
+        save_aux = grad and reduce in _AUX
+        has_bias = bias is not None
+        key = ("fwd", spec, g, reduce, need_x, need_w, interp, compute, has_bias)
+        mod, k, kw, kw_key, k_key, y_shape, rows = tuning.memo(
+            _PLANS, key, lambda: _fwd_plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias, save_aux))
+        wf = [_w_layout(w, g, _FWD_LAYOUT) for w in wts]
+        y = x.new_empty(y_shape)
         aux = None
         if save_aux:
-            aux = torch.empty(y.shape, dtype=torch.int32 if reduce != "logsumexp" else torch.float32,
+            aux = torch.empty(y_shape, dtype=torch.int32 if reduce != "logsumexp" else torch.float32,
                               device=x.device)
-        rows = N * g.positions
         if rows:
-            args = (xk, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
-            kw = dict(k, HAS_BIAS=bias is not None, SAVE_AUX=save_aux)
+            args = (xk, *wf, bias if has_bias else y, y, aux if save_aux else y, rows)
 
             def portable():
-                tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups)
+                tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups, interp,
+                              kw_key)
 
-            if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable):
+            if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable, interp):
                 portable()
-        ctx.save_for_backward(x, aux, *wts)
-        ctx.meta = (spec, g, reduce, names, need_w, mod, k, in_pad)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        if grad:  # no backward without a gradient wanted: nothing to keep
+            ctx.save_for_backward(x, aux, *wts)
+            ctx.meta = (spec, g, reduce, names, need_w, mod, k, k_key, in_pad, interp)
+            ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, aux, *wts = ctx.saved_tensors
-        spec, g, reduce, names, need_w, mod, k, in_pad = ctx.meta
+        spec, g, reduce, names, need_w, mod, k, k_key, in_pad, interp = ctx.meta
         need_x = ctx.needs_input_grad[0]
-        dev, N = x.device, g.batch
+        dev = x.device
         gy = gy.contiguous()
-        xr = x.detach().requires_grad_(need_x and not in_pad)
-        with torch.enable_grad():
-            xk = xr if in_pad else pad_input(xr, g)
-        xk_c = xk.detach().contiguous()
+        if in_pad:  # the kernels pad: x as it is (this runs under no_grad: no detach needed)
+            xk_c = x.contiguous()
+        else:  # torch pads, and its autograd takes the gradient back through the padding
+            xr = x.detach().requires_grad_(need_x)
+            with torch.enable_grad():
+                xk = pad_input(xr, g)
+            xk_c = xk.detach().contiguous()
         gxk = None
         gws = {}
         if reduce in ("max", "min"):
-            ws = [_w_full(w, g).reshape(g.out_channels, -1).contiguous() for w in wts]  # (O, CG*T)
+            # (O, CG*T): a contiguous full-size weight is that already
+            full = (g.out_channels, g.cin_per_group) + g.kernel
+            ws = [w if w.is_contiguous() and w.shape == full else _w_full(w, g).reshape(g.out_channels, -1).contiguous()
+                  for w in wts]
             gxk = torch.zeros(xk_c.shape, dtype=torch.float32, device=dev) if need_x else None
             gw_bufs = [torch.zeros(g.out_channels, g.cin_per_group * g.taps, dtype=torch.float32, device=dev)
                        for n in need_w if n]
             n_out = gy.numel()
             if n_out:
-                block = 64 if interpreting() else 256
+                block = 64 if interp else 256
                 grid = (triton_cdiv(n_out, block),)
                 mod._bwd_select[grid](xk_c, *ws, aux, gy, gxk if gxk is not None else gy, *gw_bufs, n_out,
                                       **k, BLOCK=block, num_warps=4)
@@ -123,7 +194,7 @@ class TritonConv(torch.autograd.Function):
                 if need:
                     gws[n] = next(it).reshape((g.out_channels, g.cin_per_group) + g.kernel)
         else:
-            gs = gy.to(torch.float32)
+            gs = gy if gy.dtype == torch.float32 else gy.to(torch.float32)
             if reduce == "mean":
                 if g.padding_mode == "ignore":
                     count = valid_taps(g, dev).sum(0).to(torch.float32) * g.cin_per_group  # (P,)
@@ -132,18 +203,18 @@ class TritonConv(torch.autograd.Function):
                     gs = gs / float(g.cin_per_group * g.taps)
             gs = gs.contiguous()
             yb = aux if reduce == "logsumexp" else gs
-            wb = [_w_full(w, g).permute(0, 3, 1, 2).contiguous() for w in wts]  # (G, T, OG, CG)
+            wb = [_w_layout(w, g, _BWD_LAYOUT) for w in wts]
             # Gluon backward kernels: opt-in (LAMBDACONV_GLUON_BWD=1); measured ~4% faster fwd+bwd (run 18):
             # the per-tap gradient arithmetic, not the portable kernels' barriers, is the limit
-            fast = (reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev)
+            fast = (reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
                     and os.environ.get("LAMBDACONV_GLUON_BWD", "0") == "1")
             if need_x:
-                gxk = torch.empty(xk_c.shape, dtype=x.dtype if in_pad else torch.float32, device=dev)
+                gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)
                 rows = xk_c.numel() // g.in_channels
                 if rows and not (fast and gluon_bwd.grad_x(spec, xk_c, wb, gs, gxk, k, rows, g.groups)):
-                    tuning.launch("bwd_x", mod._bwd_x, (xk_c, *wb, gs, yb, gxk, rows), dict(k), dev, rows,
-                                  g.cin_per_group, g.groups)
-            if any(need_w):
+                    tuning.launch("bwd_x", mod._bwd_x, (xk_c, *wb, gs, yb, gxk, rows), k, dev, rows,
+                                  g.cin_per_group, g.groups, interp, k_key)
+            if True in need_w:
                 slabs = None
                 if fast and g.batch * g.positions:
                     xp = pad_input(xk_c, g).contiguous() if in_pad else xk_c
@@ -152,34 +223,54 @@ class TritonConv(torch.autograd.Function):
                 if slabs is not None:
                     gws.update(_slabs_to_grads(slabs, g, names, need_w))
                 else:
-                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, dev))
+                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, dev, interp))
         gx = None
         if need_x:
             if in_pad:
                 gx = gxk
             else:
-                (gx,) = torch.autograd.grad(xk, xr, gxk.to(xk.dtype))
-            gx = gx.to(x.dtype)
+                (gx,) = torch.autograd.grad(xk, xr, gxk if gxk.dtype == xk.dtype else gxk.to(xk.dtype))
+            if gx.dtype != x.dtype:
+                gx = gx.to(x.dtype)
         gb = None
         if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
-            gb = gy.to(torch.float32).sum([0] + list(range(2, 2 + g.dims))).to(ctx.bias_dtype)
+            gb = (gy if gy.dtype == torch.float32 else gy.to(torch.float32)).sum(_BIAS_DIMS[g.dims])
+            if gb.dtype != ctx.bias_dtype:
+                gb = gb.to(ctx.bias_dtype)
         out = []
         for n, w, need in zip(names, wts, need_w):
-            out.append(gws[n].sum_to_size(w.shape).to(w.dtype) if need else None)
-        return (gx, gb, None, None, None, None, *out)
+            if need:
+                gw = gws[n]
+                if gw.shape != w.shape:
+                    gw = gw.sum_to_size(w.shape)
+                out.append(gw if gw.dtype == w.dtype else gw.to(w.dtype))
+            else:
+                out.append(None)
+        return (gx, gb, None, *out)
 
 
-def gluon_wanted(device) -> bool:
-    """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0."""
-    return (device.type == "cuda" and not interpreting() and os.environ.get("LAMBDACONV_GLUON", "1") != "0"
-            and torch.cuda.get_device_capability(device) >= (8, 0))
+_CAPABILITY: dict = {}
 
 
-def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, portable) -> bool:
+def gluon_wanted(device, interp=None) -> bool:
+    """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0.
+    `interp`: interpreting(), where the caller has read it already."""
+    if device.type != "cuda" or (interpreting() if interp is None else interp) \
+            or os.environ.get("LAMBDACONV_GLUON", "1") == "0":
+        return False
+    if device.index is None:  # the current device: may change between calls
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    cap = _CAPABILITY.get(device)
+    if cap is None:
+        cap = _CAPABILITY[device] = torch.cuda.get_device_capability(device)
+    return cap >= (8, 0)
+
+
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, portable, interp) -> bool:
     """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
     applies; False: run the portable one. The Gluon kernel takes the input padded by torch ("zeros"
     included: its loads then need no masks)."""
-    if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device):
+    if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
         return False
     from . import gluon
 
@@ -190,8 +281,9 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, por
         return False
     xp = pad_input(x, g).contiguous()
     args = (xp, *wf, bias if bias is not None else y, y, rows)
-    gluon.forward(gmod, args, dict(consts(g, False), HAS_BIAS=bias is not None), rows, g.cout_per_group, g.groups,
-                  g.cin_per_group, portable)
+    has_bias = bias is not None
+    kw = tuning.memo(_PLANS, ("gluon", g, has_bias), lambda: dict(consts(g, False), HAS_BIAS=has_bias))
+    gluon.forward(gmod, args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable)
     return True
 
 
@@ -199,47 +291,77 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, dev) -> dict:
+class _GradW(NamedTuple):
+    """Launch sizes of the portable weight-gradient kernels (see _grad_w_plan)."""
+    outer: bool
+    blocks: dict  # BLOCK_* and num_warps
+    grid: tuple
+    splits: int
+    chunk: int
+    rows: int
+
+
+def _grad_w_plan(g: Geometry, outer: bool, interp: bool, sms: int) -> _GradW:
+    G, T, OG, CG = g.groups, g.taps, g.cout_per_group, g.cin_per_group
+    rows = g.batch * g.positions
+    if outer:
+        bo, bc = _pow2(OG, 1, 64), _pow2(CG, 1, 64)
+        tiles = triton_cdiv(OG, bo) * triton_cdiv(CG, bc)
+        step = 64  # rows per split at the least
+        blocks = dict(BLOCK_O=bo, BLOCK_C=bc, num_warps=4 if bo * bc <= 1024 else 8)
+    else:
+        bm, bc = (64, _pow2(CG, 1, 16)) if interp else (128, _pow2(CG, 1, 32))
+        tiles = OG * triton_cdiv(CG, bc)
+        step = 8 * bm
+        blocks = dict(BLOCK_M=bm, BLOCK_C=bc, num_warps=4)
+    target = 4 * sms
+    splits = max(1, min(triton_cdiv(target, tiles * G * T), triton_cdiv(rows, step) if rows else 1))
+    return _GradW(outer, blocks, (tiles, G * T, splits), splits, triton_cdiv(max(rows, 1), splits), rows)
+
+
+def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, dev, interp) -> dict:
     """Weight gradients: split the batch x positions reduction so that the grid fills the device.
 
     The outer-product kernel (_bwd_w) needs enough channels per group for its (out x in) tile; with
     few (depthwise) the row-vectorized one (_bwd_w_rows) is used. The interpreter also takes the
     row-vectorized one (its cost is per loop step) unless LAMBDACONV_TRITON_GW=outer."""
-    G, T, OG, CG = g.groups, g.taps, g.cout_per_group, g.cin_per_group
-    rows = g.batch * g.positions
     forced = os.environ.get("LAMBDACONV_TRITON_GW")
-    outer = forced == "outer" or (forced != "rows" and not interpreting() and OG * CG >= 256)
-    if outer:
-        bo, bc = _pow2(OG, 1, 64), _pow2(CG, 1, 64)
-        tiles = triton_cdiv(OG, bo) * triton_cdiv(CG, bc)
-        step = 64  # rows per split at the least
-    else:
-        bm, bc = (64, _pow2(CG, 1, 16)) if interpreting() else (128, _pow2(CG, 1, 32))
-        tiles = OG * triton_cdiv(CG, bc)
-        step = 8 * bm
-    target = 4 * tuning.sm_count(dev)
-    splits = max(1, min(triton_cdiv(target, tiles * G * T), triton_cdiv(rows, step) if rows else 1))
-    chunk = triton_cdiv(max(rows, 1), splits)
-    bufs = [torch.empty((splits, G, T, OG, CG), dtype=torch.float32, device=dev) for n in need_w if n]
-    if rows:
-        grid = (tiles, G * T, splits)
-        if outer:
-            mod._bwd_w[grid](xk, *wb, gs, yb, *bufs, rows, chunk, **k, BLOCK_O=bo, BLOCK_C=bc,
-                             num_warps=4 if bo * bc <= 1024 else 8)
-        else:
-            mod._bwd_w_rows[grid](xk, *wb, gs, yb, *bufs, rows, chunk, **k, BLOCK_M=bm, BLOCK_C=bc,
-                                  num_warps=4)
+    outer = forced == "outer" or (forced != "rows" and not interp and g.cout_per_group * g.cin_per_group >= 256)
+    sms = tuning.sm_count(dev)
+    p = tuning.memo(_PLANS, ("gw", g, outer, interp, sms), lambda: _grad_w_plan(g, outer, interp, sms))
+    shape = (p.splits, g.groups, g.taps, g.cout_per_group, g.cin_per_group)
+    bufs = [torch.empty(shape, dtype=torch.float32, device=dev) for n in need_w if n]
+    if p.rows:
+        kernel = mod._bwd_w if p.outer else mod._bwd_w_rows
+        kernel[p.grid](xk, *wb, gs, yb, *bufs, p.rows, p.chunk, **k, **p.blocks)
     else:
         for b in bufs:
             b.zero_()
     return _slabs_to_grads(bufs, g, names, need_w)
 
 
+def _slab_view(g: Geometry) -> tuple:
+    """(sizes, strides) reading one (G, T, OG, CG) slab as (G, OG, CG, *kernel); with one group
+    G is dropped, and that is the gradient's (O, CG, *kernel) shape (a view, no copy)."""
+    G, T, OG, CG = g.groups, g.taps, g.cout_per_group, g.cin_per_group
+    taps, step = [], OG * CG
+    for k in reversed(g.kernel):  # tap t is row-major over the kernel dims
+        taps.insert(0, step)
+        step *= k
+    sizes, strides = (G, OG, CG) + g.kernel, (T * OG * CG, CG, 1, *taps)
+    return (sizes[1:], strides[1:]) if G == 1 else (sizes, strides)
+
+
 def _slabs_to_grads(bufs, g: Geometry, names, need_w) -> dict:
-    """Sum the (SPLITS, G, T, OG, CG) slabs of each wanted weight into its (O, CG, *kernel) gradient."""
+    """Sum the (SPLITS, G, T, OG, CG) slabs of each wanted weight into its (O, CG, *kernel) gradient:
+    with one group a strided view of the sum (its strides matter: a broadcast weight's sum_to_size
+    reduces in that order), else a copy. One slab is taken as it is, one kernel less per weight:
+    the same values (its sum would only turn an exact -0.0, a product that underflowed, into +0.0)."""
+    sizes, strides = tuning.memo(_PLANS, ("slab", g), lambda: _slab_view(g))
     out, it = {}, iter(bufs)
     for n, need in zip(names, need_w):
         if need:
-            full = next(it).sum(0).permute(0, 2, 3, 1)  # (G, OG, CG, T)
-            out[n] = full.reshape((g.out_channels, g.cin_per_group) + g.kernel)
+            b = next(it)
+            gw = (b if b.shape[0] == 1 else b.sum(0)).as_strided(sizes, strides)
+            out[n] = gw if g.groups == 1 else gw.contiguous().view((g.out_channels, g.cin_per_group) + g.kernel)
     return out

@@ -30,10 +30,35 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+MEMO_MAX = 4096  # entries per host-side cache: a new batch size makes a new geometry
+
+
+def memo(cache: dict, key, make):
+    """cache[key], made by make() on the first call. Symbolic sizes (torch.compile) make the key
+    unhashable: then made per call, uncached."""
+    try:
+        hit = cache.get(key)
+    except TypeError:
+        return make()
+    if hit is None:
+        if len(cache) >= MEMO_MAX:
+            cache.clear()
+        hit = cache[key] = make()
+    return hit
+
+
+_SMS: dict = {}
+
+
 def sm_count(device) -> int:
-    if device.type == "cuda":
+    if device.type != "cuda":
+        return 2
+    if device.index is None:  # the current device: may change between calls
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
+    n = _SMS.get(device)
+    if n is None:
+        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
 
 
 def _pow2_at_most(v: int, cap: int) -> int:
@@ -44,14 +69,28 @@ def tuning_enabled() -> bool:
     return os.environ.get("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
 
 
-def configs(kind: str, n_cols: int):
-    if _interpreting():
-        return [(16, _pow2_at_most(n_cols, 16), 1, 1, 2)]
-    forced = os.environ.get("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
+_CONFIGS: dict = {}
+
+
+def configs(kind: str, n_cols: int, interpret=None) -> tuple:
+    """The candidate configs (one: untuned). Cached per (kind, n_cols) and the settings they
+    depend on, which are read on every call (tests change them between calls)."""
+    if interpret is None:
+        interpret = _interpreting()
+    forced = tune = None
+    if not interpret:
+        forced = os.environ.get("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
+        tune = tuning_enabled()
+    return memo(_CONFIGS, (kind, n_cols, interpret, forced, tune), lambda: _configs(kind, n_cols, interpret, forced,
+                                                                                     tune))
+
+
+def _configs(kind, n_cols, interpret, forced, tune) -> tuple:
+    if interpret:
+        return ((16, _pow2_at_most(n_cols, 16), 1, 1, 2),)
     if forced:
         bm, bn, w, st, un = (int(v) for v in forced.split(","))
-        return [(bm, _pow2_at_most(n_cols, bn), w, st, un)]
-    tune = tuning_enabled()
+        return ((bm, _pow2_at_most(n_cols, bn), w, st, un),)
     seen, out = set(), []
     for bm, bn, w, st, un in CANDIDATES[kind]:
         bn = _pow2_at_most(n_cols, bn)  # no wasted columns for few channels per group
@@ -60,23 +99,25 @@ def configs(kind: str, n_cols: int):
         if (bm, bn, un) not in seen:
             seen.add((bm, bn, un))
             out.append((bm, bn, w, st, un))
-    return out if tune else out[:1]
+    return tuple(out if tune else out[:1])
 
 
-def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
-    """Run `kernel` over a (rows / BLOCK_M, n_cols / BLOCK_N, groups) grid with the chosen config."""
-    cands = configs(kind, n_cols)
-    second = _SECOND[kind]
+def _run(kind, kernel, args, kw, rows, n_cols, groups, cfg) -> None:
+    bm, bn, w, st, un = cfg
+    grid = ((rows + bm - 1) // bm, (n_cols + bn - 1) // bn, groups)
+    kernel[grid](*args, **kw, BLOCK_M=bm, **{_SECOND[kind]: bn}, UNROLL=un, num_warps=w, num_stages=st)
 
-    def run(cfg):
-        bm, bn, w, st, un = cfg
-        grid = ((rows + bm - 1) // bm, (n_cols + bn - 1) // bn, groups)
-        kernel[grid](*args, **kw, BLOCK_M=bm, **{second: bn}, UNROLL=un, num_warps=w, num_stages=st)
 
+def launch(kind, kernel, args, kw, device, rows, n_cols, groups, interpret=None, kw_key=None):
+    """Run `kernel` over a (rows / BLOCK_M, n_cols / BLOCK_N, groups) grid with the chosen config.
+    interpret: interpreting(), where the caller has read it; kw_key: tuple(sorted(kw.items())),
+    where the caller has it cached (the tuner's key)."""
+    cands = configs(kind, n_cols, interpret)
     if len(cands) == 1:
-        run(cands[0])
+        _run(kind, kernel, args, kw, rows, n_cols, groups, cands[0])
         return
-    key = (kind, id(kernel), tuple(sorted(kw.items())), 1 << max(0, (rows - 1).bit_length()))
+    key = (kind, id(kernel), tuple(sorted(kw.items())) if kw_key is None else kw_key,
+           1 << max(0, (rows - 1).bit_length()))
     cfg = _chosen.get(key)
     if cfg is None:
         from triton.testing import do_bench
@@ -84,7 +125,8 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
         best = None
         for c in cands:
             try:
-                ms = do_bench(lambda: run(c), warmup=10, rep=40, return_mode="median")
+                ms = do_bench(lambda: _run(kind, kernel, args, kw, rows, n_cols, groups, c), warmup=10, rep=40,
+                              return_mode="median")
             except Exception as err:  # a config the compiler rejects (e.g. out of resources)
                 if "OutOfResources" not in type(err).__name__ and "out of resource" not in str(err):
                     raise
@@ -92,4 +134,4 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups):
             if best is None or ms < best[0]:
                 best = (ms, c)
         cfg = _chosen[key] = best[1]
-    run(cfg)
+    _run(kind, kernel, args, kw, rows, n_cols, groups, cfg)
