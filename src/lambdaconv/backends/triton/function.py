@@ -11,7 +11,6 @@ once per key (tuning.memo) and the per-call work is the tensors and the launches
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
@@ -19,16 +18,13 @@ import torch
 from ...geometry import Geometry, pad_input, valid_taps
 from . import gluon_bwd, tuning
 from .kernels import half_exact, kernels
+from .tuning import interpreting
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
 _HALF = {torch.float16: "tl.float16"}
 _IN_KERNEL_PAD = ("zeros", "ignore")
 _BIAS_DIMS = {d: [0] + list(range(2, 2 + d)) for d in (1, 2, 3)}  # the bias gradient sums over these
 _AUX = ("max", "min", "logsumexp")
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _as3(v: tuple, fill) -> tuple:
@@ -72,27 +68,32 @@ _FWD_LAYOUT = (0, None, 1)
 _BWD_LAYOUT = (0, 3, 1, 2)
 
 
-def _w_layout(w: torch.Tensor, g: Geometry, dims: tuple) -> torch.Tensor:
-    """The weight broadcast to (O, CG, *kernel), as (G, OG, CG, T) permuted to `dims`, contiguous.
-    A contiguous full-size weight is read in that order through one strided view: each view op
-    costs about as much host time as the copy."""
+def _layout_view(g: Geometry, dims: tuple) -> tuple:
+    """(sizes, strides) of a contiguous (O, CG, *kernel) weight seen as (G, OG, CG, T) permuted to dims."""
     G, OG, CG, T = g.groups, g.cout_per_group, g.cin_per_group, g.taps
-    if w.is_contiguous() and w.shape == (g.out_channels, CG) + g.kernel:
-        sizes, strides = (G, OG, CG, T, CG * T), (OG * CG * T, CG * T, T, 1, 1)
-        return w.as_strided([sizes[4 if d is None else d] for d in dims],
-                            [strides[4 if d is None else d] for d in dims]).contiguous()
-    full = _w_full(w, g)
+    sizes, strides = (G, OG, CG, T, CG * T), (OG * CG * T, CG * T, T, 1, 1)
+    pick = [4 if d is None else d for d in dims]
+    return [sizes[i] for i in pick], [strides[i] for i in pick]
+
+
+def _w_layout(w: torch.Tensor, g: Geometry, dims: tuple, view: tuple, full: tuple) -> torch.Tensor:
+    """The weight broadcast to `full` (O, CG, *kernel), as (G, OG, CG, T) permuted to `dims`,
+    contiguous. A contiguous full-size weight is read in that order through one strided view
+    (`view`, _layout_view's): each view op costs about as much host time as the copy."""
+    if w.is_contiguous() and w.shape == full:
+        return w.as_strided(*view).contiguous()
+    wf = _w_full(w, g)
     if None in dims:  # CG, T merged
-        return full.permute(0, 2, 3, 1).reshape(G, CG * T, OG).contiguous()
-    return full.permute(dims).contiguous()
+        return wf.permute(0, 2, 3, 1).reshape(g.groups, -1, g.cout_per_group).contiguous()
+    return wf.permute(dims).contiguous()
 
 
 def _pow2(v: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, 1 << max(0, math.ceil(math.log2(max(1, v))))))
 
 
-class _Fwd(NamedTuple):
-    """What a forward needs that is a function of its key (see _fwd_plan)."""
+class _Plan(NamedTuple):
+    """What a forward and its backward need that is a function of the call's key (see _plan)."""
     mod: object  # the kernel module
     k: dict  # consts
     kw: dict  # the forward kernel's constexprs
@@ -100,13 +101,21 @@ class _Fwd(NamedTuple):
     k_key: tuple  # k as one (the backward's tuner)
     y_shape: tuple
     rows: int
+    in_pad: bool  # zeros / ignore padding done in the kernels
+    full: tuple  # the weights' broadcast shape (O, CG, *kernel)
+    fwd_view: tuple  # _layout_view of the forward's weight layout
+    bwd_view: tuple  # and of the input gradient's
+    slab_view: tuple  # _slab_view
 
 
-def _fwd_plan(spec, g: Geometry, reduce, need_x, need_w, interp, compute, has_bias, save_aux) -> _Fwd:
-    k = consts(g, g.padding_mode in _IN_KERNEL_PAD)
+def _plan(spec, g: Geometry, reduce, need_x, need_w, interp, compute, has_bias, save_aux) -> _Plan:
+    in_pad = g.padding_mode in _IN_KERNEL_PAD
+    k = consts(g, in_pad)
     kw = dict(k, HAS_BIAS=has_bias, SAVE_AUX=save_aux)
-    return _Fwd(kernels(spec, reduce, need_x, need_w, interp, compute), k, kw, tuple(sorted(kw.items())),
-                tuple(sorted(k.items())), (g.batch, g.out_channels) + g.out_size, g.batch * g.positions)
+    return _Plan(kernels(spec, reduce, need_x, need_w, interp, compute), k, kw, tuple(sorted(kw.items())),
+                 tuple(sorted(k.items())), (g.batch, g.out_channels) + g.out_size, g.batch * g.positions, in_pad,
+                 (g.out_channels, g.cin_per_group) + g.kernel, _layout_view(g, _FWD_LAYOUT),
+                 _layout_view(g, _BWD_LAYOUT), _slab_view(g))
 
 
 _PLANS: dict = {}
@@ -120,8 +129,6 @@ class TritonConv(torch.autograd.Function):
         spec, g, reduce, names = meta
         if x.dtype == torch.float64:
             raise TypeError("the triton backend computes in float32; float64 runs on 'tiled'")
-        in_pad = g.padding_mode in _IN_KERNEL_PAD
-        xk = (x if in_pad else pad_input(x, g)).contiguous()
         needs = ctx.needs_input_grad
         need_x, need_w = needs[0], needs[3:]  # bools
         grad = need_x or True in need_w
@@ -135,26 +142,27 @@ class TritonConv(torch.autograd.Function):
         save_aux = grad and reduce in _AUX
         has_bias = bias is not None
         key = ("fwd", spec, g, reduce, need_x, need_w, interp, compute, has_bias)
-        mod, k, kw, kw_key, k_key, y_shape, rows = tuning.memo(
-            _PLANS, key, lambda: _fwd_plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias, save_aux))
-        wf = [_w_layout(w, g, _FWD_LAYOUT) for w in wts]
+        p = tuning.memo(_PLANS, key, lambda: _plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias,
+                                                    save_aux))
+        mod, kw, y_shape, rows = p.mod, p.kw, p.y_shape, p.rows
+        xk = (x if p.in_pad else pad_input(x, g)).contiguous()
+        wf = [_w_layout(w, g, _FWD_LAYOUT, p.fwd_view, p.full) for w in wts]
         y = x.new_empty(y_shape)
         aux = None
         if save_aux:
-            aux = torch.empty(y_shape, dtype=torch.int32 if reduce != "logsumexp" else torch.float32,
-                              device=x.device)
+            aux = x.new_empty(y_shape, dtype=torch.int32 if reduce != "logsumexp" else torch.float32)
         if rows:
             args = (xk, *wf, bias if has_bias else y, y, aux if save_aux else y, rows)
 
             def portable():
                 tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups, interp,
-                              kw_key)
+                              p.kw_key)
 
             if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable, interp):
                 portable()
         if grad:  # no backward without a gradient wanted: nothing to keep
             ctx.save_for_backward(x, aux, *wts)
-            ctx.meta = (spec, g, reduce, names, need_w, mod, k, k_key, in_pad, interp)
+            ctx.meta = (meta, p, need_w, interp)
             ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
@@ -162,7 +170,8 @@ class TritonConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, aux, *wts = ctx.saved_tensors
-        spec, g, reduce, names, need_w, mod, k, k_key, in_pad, interp = ctx.meta
+        (spec, g, reduce, names), p, need_w, interp = ctx.meta
+        mod, k, in_pad = p.mod, p.k, p.in_pad
         need_x = ctx.needs_input_grad[0]
         dev = x.device
         gy = gy.contiguous()
@@ -177,22 +186,19 @@ class TritonConv(torch.autograd.Function):
         gws = {}
         if reduce in ("max", "min"):
             # (O, CG*T): a contiguous full-size weight is that already
-            full = (g.out_channels, g.cin_per_group) + g.kernel
+            full = p.full
             ws = [w if w.is_contiguous() and w.shape == full else _w_full(w, g).reshape(g.out_channels, -1).contiguous()
                   for w in wts]
-            gxk = torch.zeros(xk_c.shape, dtype=torch.float32, device=dev) if need_x else None
-            gw_bufs = [torch.zeros(g.out_channels, g.cin_per_group * g.taps, dtype=torch.float32, device=dev)
-                       for n in need_w if n]
+            gxk = xk_c.new_zeros(xk_c.shape, dtype=torch.float32) if need_x else None
+            # (O, CG*T) to the kernel, allocated as the gradient's (O, CG, *kernel): the same memory
+            gw_bufs = [xk_c.new_zeros(full, dtype=torch.float32) for n in need_w if n]
             n_out = gy.numel()
             if n_out:
                 block = 64 if interp else 256
                 grid = (triton_cdiv(n_out, block),)
                 mod._bwd_select[grid](xk_c, *ws, aux, gy, gxk if gxk is not None else gy, *gw_bufs, n_out,
                                       **k, BLOCK=block, num_warps=4)
-            it = iter(gw_bufs)
-            for n, need in zip(names, need_w):
-                if need:
-                    gws[n] = next(it).reshape((g.out_channels, g.cin_per_group) + g.kernel)
+            gws.update(zip((n for n, need in zip(names, need_w) if need), gw_bufs))
         else:
             gs = gy if gy.dtype == torch.float32 else gy.to(torch.float32)
             if reduce == "mean":
@@ -203,17 +209,17 @@ class TritonConv(torch.autograd.Function):
                     gs = gs / float(g.cin_per_group * g.taps)
             gs = gs.contiguous()
             yb = aux if reduce == "logsumexp" else gs
-            wb = [_w_layout(w, g, _BWD_LAYOUT) for w in wts]
+            wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
             # Gluon backward kernels: opt-in (LAMBDACONV_GLUON_BWD=1); measured ~4% faster fwd+bwd (run 18):
             # the per-tap gradient arithmetic, not the portable kernels' barriers, is the limit
             fast = (reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
-                    and os.environ.get("LAMBDACONV_GLUON_BWD", "0") == "1")
+                    and tuning.env("LAMBDACONV_GLUON_BWD", "0") == "1")
             if need_x:
                 gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)
                 rows = xk_c.numel() // g.in_channels
                 if rows and not (fast and gluon_bwd.grad_x(spec, xk_c, wb, gs, gxk, k, rows, g.groups)):
                     tuning.launch("bwd_x", mod._bwd_x, (xk_c, *wb, gs, yb, gxk, rows), k, dev, rows,
-                                  g.cin_per_group, g.groups, interp, k_key)
+                                  g.cin_per_group, g.groups, interp, p.k_key)
             if True in need_w:
                 slabs = None
                 if fast and g.batch * g.positions:
@@ -221,9 +227,9 @@ class TritonConv(torch.autograd.Function):
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
                                              g.groups, tuning.sm_count(dev))
                 if slabs is not None:
-                    gws.update(_slabs_to_grads(slabs, g, names, need_w))
+                    gws.update(_slabs_to_grads(slabs, g, names, need_w, p.slab_view))
                 else:
-                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, dev, interp))
+                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, interp, p.slab_view))
         gx = None
         if need_x:
             if in_pad:
@@ -256,7 +262,7 @@ def gluon_wanted(device, interp=None) -> bool:
     """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0.
     `interp`: interpreting(), where the caller has read it already."""
     if device.type != "cuda" or (interpreting() if interp is None else interp) \
-            or os.environ.get("LAMBDACONV_GLUON", "1") == "0":
+            or tuning.env("LAMBDACONV_GLUON", "1") == "0":
         return False
     if device.index is None:  # the current device: may change between calls
         return torch.cuda.get_device_capability(device) >= (8, 0)
@@ -319,25 +325,25 @@ def _grad_w_plan(g: Geometry, outer: bool, interp: bool, sms: int) -> _GradW:
     return _GradW(outer, blocks, (tiles, G * T, splits), splits, triton_cdiv(max(rows, 1), splits), rows)
 
 
-def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, dev, interp) -> dict:
+def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, interp, slab_view) -> dict:
     """Weight gradients: split the batch x positions reduction so that the grid fills the device.
 
     The outer-product kernel (_bwd_w) needs enough channels per group for its (out x in) tile; with
     few (depthwise) the row-vectorized one (_bwd_w_rows) is used. The interpreter also takes the
     row-vectorized one (its cost is per loop step) unless LAMBDACONV_TRITON_GW=outer."""
-    forced = os.environ.get("LAMBDACONV_TRITON_GW")
+    forced = tuning.env("LAMBDACONV_TRITON_GW")
     outer = forced == "outer" or (forced != "rows" and not interp and g.cout_per_group * g.cin_per_group >= 256)
-    sms = tuning.sm_count(dev)
+    sms = tuning.sm_count(xk.device)
     p = tuning.memo(_PLANS, ("gw", g, outer, interp, sms), lambda: _grad_w_plan(g, outer, interp, sms))
     shape = (p.splits, g.groups, g.taps, g.cout_per_group, g.cin_per_group)
-    bufs = [torch.empty(shape, dtype=torch.float32, device=dev) for n in need_w if n]
+    bufs = [xk.new_empty(shape, dtype=torch.float32) for n in need_w if n]
     if p.rows:
         kernel = mod._bwd_w if p.outer else mod._bwd_w_rows
         kernel[p.grid](xk, *wb, gs, yb, *bufs, p.rows, p.chunk, **k, **p.blocks)
     else:
         for b in bufs:
             b.zero_()
-    return _slabs_to_grads(bufs, g, names, need_w)
+    return _slabs_to_grads(bufs, g, names, need_w, slab_view)
 
 
 def _slab_view(g: Geometry) -> tuple:
@@ -352,12 +358,12 @@ def _slab_view(g: Geometry) -> tuple:
     return (sizes[1:], strides[1:]) if G == 1 else (sizes, strides)
 
 
-def _slabs_to_grads(bufs, g: Geometry, names, need_w) -> dict:
+def _slabs_to_grads(bufs, g: Geometry, names, need_w, view) -> dict:
     """Sum the (SPLITS, G, T, OG, CG) slabs of each wanted weight into its (O, CG, *kernel) gradient:
     with one group a strided view of the sum (its strides matter: a broadcast weight's sum_to_size
     reduces in that order), else a copy. One slab is taken as it is, one kernel less per weight:
     the same values (its sum would only turn an exact -0.0, a product that underflowed, into +0.0)."""
-    sizes, strides = tuning.memo(_PLANS, ("slab", g), lambda: _slab_view(g))
+    sizes, strides = view  # _slab_view's
     out, it = {}, iter(bufs)
     for n, need in zip(names, need_w):
         if need:

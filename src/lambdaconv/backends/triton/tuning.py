@@ -26,8 +26,27 @@ CANDIDATES = {
 _SECOND = {"fwd": "BLOCK_N", "bwd_x": "BLOCK_C"}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_ENV_KEYS: dict = {}
+
+
+def env(name: str, default=None):
+    """os.environ.get(name, default), read afresh on every call (tests set these between calls).
+    For an unset name os.environ.get raises and catches a KeyError twice (~0.5-1 us, and a conv
+    reads several): os._Environ's own dict of encoded keys (CPython, PyPy) answers the same in
+    ~0.1 us. Any other mapping put in os.environ is read through .get."""
+    e = os.environ
+    if type(e) is not os._Environ:
+        return e.get(name, default)
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        key = _ENV_KEYS[name] = e.encodekey(name)
+    v = e._data.get(key)
+    return default if v is None else e.decodevalue(v)
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET set: kernels run in triton's interpreter (CPU tensors; tests)."""
+    return env("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 MEMO_MAX = 4096  # entries per host-side cache: a new batch size makes a new geometry
@@ -66,7 +85,7 @@ def _pow2_at_most(v: int, cap: int) -> int:
 
 
 def tuning_enabled() -> bool:
-    return os.environ.get("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
+    return env("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
 
 
 _CONFIGS: dict = {}
@@ -76,10 +95,10 @@ def configs(kind: str, n_cols: int, interpret=None) -> tuple:
     """The candidate configs (one: untuned). Cached per (kind, n_cols) and the settings they
     depend on, which are read on every call (tests change them between calls)."""
     if interpret is None:
-        interpret = _interpreting()
+        interpret = interpreting()
     forced = tune = None
     if not interpret:
-        forced = os.environ.get("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
+        forced = env("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
         tune = tuning_enabled()
     return memo(_CONFIGS, (kind, n_cols, interpret, forced, tune), lambda: _configs(kind, n_cols, interpret, forced,
                                                                                      tune))
