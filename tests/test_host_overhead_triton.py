@@ -139,3 +139,8 @@ def test_host_path_with_stub_kernels(monkeypatch):
     assert [n for n, _ in step("adder")] == ["_fwd", "_bwd_x", "_bwd_w"]
     assert [n for n, _ in step("dilation")] == ["_fwd", "_bwd_select"]
     assert len(built) == 2
+    # only the bias needs a gradient: a backward with no kernel, the bias gradient from torch
+    log.clear()
+    y = lc.conv2d(x.detach(), "adder", {"weight": w.detach()}, b, padding=1, backend="triton")
+    (gb,) = torch.autograd.grad(y, [b], torch.ones_like(y))
+    assert [n for n, *_ in log] == ["_fwd"] and torch.equal(gb, torch.full((4,), 72.0))

@@ -160,7 +160,7 @@ class TritonConv(torch.autograd.Function):
 
             if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable, interp):
                 portable()
-        if grad:  # no backward without a gradient wanted: nothing to keep
+        if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
             ctx.save_for_backward(x, aux, *wts)
             ctx.meta = (meta, p, need_w, interp)
             ctx.bias_dtype = None if bias is None else bias.dtype
