@@ -226,3 +226,31 @@ def test_gluon_backward_dims(d, monkeypatch):
     monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
     monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
     check(d, "adder", None, c=6, o=10, size=7 if d == 3 else 30, padding=1)
+
+
+@pytest.mark.parametrize("i", range(5))
+@pytest.mark.parametrize("op,reduce,kw", [("dilation", None, dict(padding=1)), ("erosion", None, dict(padding=1, stride=2)),
+                                          ("-(x+weight)", "max", dict(padding=2, dilation=2, groups=2))])
+def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
+    # max/min training: the Gluon forward keeps the winning step and finds the tap in it; with many
+    # ties (small integers) its winners, hence every gradient, equal the portable kernel's bit for bit
+    from lambdaconv.backends.triton import gluon
+    if i >= len(gluon.CONFIGS):
+        pytest.skip("fewer configs")
+    monkeypatch.setattr(gluon, "CONFIGS", [gluon.CONFIGS[i]])
+    g = torch.Generator(device="cuda").manual_seed(i)
+    for c, o in ((16, 64), (12, 70)):
+        x = torch.randint(-2, 3, (2, c, 11, 11), device="cuda", generator=g).float()
+        w = torch.randint(-2, 3, (o, c // kw.get("groups", 1), 3, 3), device="cuda", generator=g).float()
+        outs = {}
+        for mode in ("strict", "0"):
+            monkeypatch.setenv("LAMBDACONV_GLUON", mode)
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = lc.conv2d(xr, op, {"weight": wr}, reduce=reduce, backend="triton", **kw)
+            gy = torch.arange(y.numel(), device="cuda", dtype=torch.float32).reshape(y.shape) % 7 - 3
+            outs[mode] = (y, *torch.autograd.grad(y, [xr, wr], gy))
+        for a, b in zip(outs["strict"], outs["0"]):
+            assert torch.equal(a, b), (c, o)
+    r = lc.conv2d(x.double().cpu().requires_grad_(), op, {"weight": w.double().cpu()}, reduce=reduce,
+                  backend="reference", **kw)
+    assert rel(outs["strict"][0].cpu(), r) < 1e-6

@@ -158,7 +158,8 @@ class TritonConv(torch.autograd.Function):
                 tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups, interp,
                               p.kw_key)
 
-            if save_aux or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, rows, portable, interp):
+            if reduce == "logsumexp" or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, aux, rows,
+                                                           portable, interp):
                 portable()
         if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
             ctx.save_for_backward(x, aux, *wts)
@@ -272,10 +273,10 @@ def gluon_wanted(device, interp=None) -> bool:
     return cap >= (8, 0)
 
 
-def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, portable, interp) -> bool:
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp) -> bool:
     """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
     applies; False: run the portable one. The Gluon kernel takes the input padded by torch ("zeros"
-    included: its loads then need no masks)."""
+    included: its loads then need no masks). aux: max/min's winning taps (training), or None."""
     if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
         return False
     from . import gluon
@@ -286,9 +287,10 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, rows, por
     if gmod is None:
         return False
     xp = pad_input(x, g).contiguous()
-    args = (xp, *wf, bias if bias is not None else y, y, rows)
-    has_bias = bias is not None
-    kw = tuning.memo(_PLANS, ("gluon", g, has_bias), lambda: dict(consts(g, False), HAS_BIAS=has_bias))
+    args = (xp, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
+    has_bias, save = bias is not None, aux is not None
+    kw = tuning.memo(_PLANS, ("gluon", g, has_bias, save),
+                     lambda: dict(consts(g, False), HAS_BIAS=has_bias, SAVE_AUX=save))
     gluon.forward(gmod, args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable)
     return True
 

@@ -49,9 +49,10 @@ def _fwd_gluon(
 $W_ARGS
     bias_ptr,  # (O,) added after the reduction, read only when HAS_BIAS
     y_ptr,  # output (N, O, OD, OH, OW), contiguous, in the output dtype
+    aux_ptr,  # SAVE_AUX (max/min): int32 (N, O, OD, OH, OW), the winning tap c * T + t
     n_rows,  # N * OD * OH * OW
 $GEOMETRY
-    HAS_BIAS: gl.constexpr,
+    HAS_BIAS: gl.constexpr, SAVE_AUX: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,  # BLOCK_K divides CG
     L3: gl.constexpr,  # BlockedLayout over [BLOCK_M, BLOCK_K, BLOCK_N], BLOCK_K wholly per thread
     K_MODE: gl.constexpr,  # 0: channel loop; 1: channel loop unrolled; 2: one loop, next step's loads first
@@ -123,10 +124,39 @@ $FINISH
     pc = offs_mc % P
     y_off = gl.expand_dims(nc.to(gl.int64) * (O * P) + pc, 1) + gl.expand_dims((g * OG + offs_nc) * P, 0)
     mask = gl.expand_dims(offs_mc < n_rows, 1) & gl.expand_dims(offs_nc < OG, 0)
+$WINNER
     if HAS_BIAS:
         res += gl.expand_dims(gl.load(bias_ptr + g * OG + offs_nc, mask=offs_nc < OG, other=0.0).to(gl.float32), 0)
     gl.store(y_ptr + y_off, res.to(y_ptr.dtype.element_ty), mask=mask)
 '''
+
+# max/min with SAVE_AUX: the K loop keeps, per output, the first step whose BLOCK_K taps reached a
+# new best (strictly better; a NaN once): 3 instructions per output and step, not per tap. Here
+# the winner inside that step is found by recomputing its BLOCK_K taps with the same code: the
+# first channel whose value equals the result. Steps run tap-major, channels ascending, so this is
+# the portable kernel's winner (the first in that order) and its index c * T + t.
+WINNER = '''\
+    if SAVE_AUX:
+        NCB: gl.constexpr = CG // BLOCK_K
+        wt = win // NCB
+        wc = (win % NCB) * BLOCK_K
+        m_e = gl.minimum(offs_mc, n_rows - 1)
+        p_e = m_e % P
+        xr = gl.expand_dims((m_e // P).to(gl.int64) * (C * S) + g * (CG * S) + ((p_e // (OH * OW)) * SD * (IH * IW)
+                            + ((p_e // OW) % OH) * SH * IW + (p_e % OW) * SW), 1)
+        xr = xr + ((wt // (KH * KW)) * (DD * IH * IW) + ((wt // KW) % KH) * (DH * IW) + (wt % KW) * DW)
+        w_e = g * (CG * T * OG) + wt * OG + gl.expand_dims(gl.minimum(offs_nc, OG - 1), 0)
+        idx = gl.full([BLOCK_M, BLOCK_N], -1, gl.int32, LC)
+        for k in gl.static_range(BLOCK_K):
+            xv = gl.load(x_ptr + (xr + (wc + k) * S)).to(CT)
+$W_EPI
+$OP_CODE
+            v = $OP_OUT
+            hit = (v == acc) | ((v != v) & (acc != acc))
+            idx = gl.where(hit & (idx < 0), (wc + k) * T + wt, idx)
+        idx = gl.where(idx < 0, wc * T + wt, idx)  # unreachable when the recomputation is exact
+        gl.store(aux_ptr + y_off, idx, mask=mask)'''
+W_EPI = "w_{i} = gl.load(w{i}_ptr + (w_e + (wc + k) * (T * OG))).to(CT)"
 
 # One K step: BLOCK_K channels of tap t. xv is [BLOCK_M, BLOCK_K, 1], each weight [1, BLOCK_K, BLOCK_N].
 STEP = '''\
@@ -145,10 +175,24 @@ REDUCE = {
             "acc += gl.sum(v.to(gl.float32), axis=1)", "    res = acc"),
     "mean": ("    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, LC)",
              "acc += gl.sum(v.to(gl.float32), axis=1)", "    res = acc / (CG * T)"),
-    "max": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('-inf'), CT, LC)",
-            "acc = _max_nan(acc, gl.reduce(v, 1, _max_nan))", "    res = acc.to(gl.float32)"),
-    "min": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('inf'), CT, LC)",
-            "acc = _min_nan(acc, gl.reduce(v, 1, _min_nan))", "    res = acc.to(gl.float32)"),
+    "max": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('-inf'), CT, LC)\n"
+            "    win = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, LC)",
+            "if SAVE_AUX:\n"
+            "    m_s = gl.reduce(v, 1, _max_nan)\n"
+            "    better = (m_s > acc) | ((m_s != m_s) & (acc == acc))\n"
+            "    acc = gl.where(better, m_s, acc)\n"
+            "    win = gl.where(better, $STEP_ID, win)\n"
+            "else:\n"
+            "    acc = _max_nan(acc, gl.reduce(v, 1, _max_nan))", "    res = acc.to(gl.float32)"),
+    "min": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('inf'), CT, LC)\n"
+            "    win = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, LC)",
+            "if SAVE_AUX:\n"
+            "    m_s = gl.reduce(v, 1, _min_nan)\n"
+            "    better = (m_s < acc) | ((m_s != m_s) & (acc == acc))\n"
+            "    acc = gl.where(better, m_s, acc)\n"
+            "    win = gl.where(better, $STEP_ID, win)\n"
+            "else:\n"
+            "    acc = _min_nan(acc, gl.reduce(v, 1, _min_nan))", "    res = acc.to(gl.float32)"),
 }
 
 _HELPERS = ("_expm1(", "_log1p(", "_tanh(", "_atan(", "_pow(")
@@ -184,17 +228,23 @@ def source(spec, reduce: str, compute: str):
         combine = "acc += gl.sum(v, axis=1).to(gl.float32)"
     if negate:
         finish += "\n    res = -res"
-    step = Template(STEP).substitute(W_LOADS="\n".join(W_LOAD.format(i=i) for i in range(len(names))),
-                                     OP_CODE=code, OP_OUT=op_out, COMBINE=combine)
-    pipe = Template("$OP_CODE\nv = $OP_OUT\n$COMBINE").substitute(OP_CODE=code, OP_OUT=op_out, COMBINE=combine)
+    step = Template(STEP).substitute(
+        W_LOADS="\n".join(W_LOAD.format(i=i) for i in range(len(names))), OP_CODE=code, OP_OUT=op_out,
+        COMBINE=Template(combine).substitute(STEP_ID="(t * (CG // BLOCK_K) + c0 // BLOCK_K)"))
+    pipe = Template("$OP_CODE\nv = $OP_OUT\n$COMBINE").substitute(
+        OP_CODE=code, OP_OUT=op_out, COMBINE=Template(combine).substitute(STEP_ID="s"))
     idx = range(len(names))
+    winner = ""
+    if reduce in ("max", "min"):
+        winner = Template(WINNER).substitute(W_EPI=_indent("\n".join(W_EPI.format(i=i) for i in idx), 12),
+                                             OP_CODE=_indent(code, 12), OP_OUT=op_out)
 
     def lines(fmt, n):
         return _indent("\n".join(fmt.format(i=i) for i in idx), n)
     body = Template(FORWARD).substitute(
         GEOMETRY=T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),
         W_ARGS="\n".join(W_ARG.format(i=i, name=n) for i, n in enumerate(names)),
-        INIT=init, FINISH=finish, COMPUTE=compute.replace("tl.", "gl."), STEP=_indent(step, 20),
+        INIT=init, FINISH=finish, WINNER=winner, COMPUTE=compute.replace("tl.", "gl."), STEP=_indent(step, 20),
         PIPE_BODY=_indent(pipe, 12), W_FIRST=lines("w{i}_cur = gl.load(w{i}_ptr + b_off)", 8),
         W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", 12),
         W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12))

@@ -206,6 +206,8 @@ def source_w(spec, need_w):
         GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
 
 
+GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
+
 # (BLOCK_M, BLOCK_C, BLOCK_K, per thread M, C, lanes M, C, warps M, C, -): the forward's layout
 X_CONFIG = (64, 64, 2, 4, 8, 4, 8, 4, 1, 0)
 
@@ -244,6 +246,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
     n = gs.shape[0]
     gsp = F.pad(gs.reshape(n, gs.shape[1], k["OD"], k["OH"], k["OW"]), pads).contiguous()
     bm, bc, bk = X_CONFIG[:3]
+    bk = int(os.environ.get("LAMBDACONV_GLUON_GX_BK", bk))  # out channels per thread and step (sweeps)
     while k["OG"] % bk:
         bk //= 2
     cfg = (bm, bc, bk) + X_CONFIG[3:]
@@ -271,7 +274,10 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
     og, cg, taps = k["OG"], k["CG"], k["KD"] * k["KH"] * k["KW"]
     tiles = ((og + bo - 1) // bo) * ((cg + bc - 1) // bc)
-    splits = max(1, min((8 * sms + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br)))
+    # Many programs per SM: with ~1 wave, the programs of a partial second wave ran alone and the
+    # kernel took twice its work (run 2 of session 2: 1152 programs, 1.12 ms for adder).
+    target = int(os.environ.get("LAMBDACONV_GLUON_GW_PER_SM", GW_PER_SM)) * sms
+    splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br)))
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]
     ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, *slabs, rows, chunk),
