@@ -25,6 +25,9 @@ class OpDef:
     partials: Optional[Callable]  # (args, out) -> tuple of Expr, one per arg; None: no gradient
     boolean: bool = False  # result is a predicate (comparisons): only usable as where's condition or 0/1
     takes_out: bool = True  # `torch` accepts out= (lets the tiled path reuse buffers across tiles)
+    # finite wherever its arguments are (overflow of huge products aside): a gradient term built
+    # only from such ops needs no select to drop taps that do not exist (backends/triton/gradcode.py)
+    finite: bool = False
 
 
 def _sign(v):
@@ -61,7 +64,7 @@ def _p_pow(a, out):
 
 
 def _cmp(name, fn, tfn):
-    return OpDef(name, 2, tfn, lambda x, y: float(fn(x, y)), None, boolean=True)
+    return OpDef(name, 2, tfn, lambda x, y: float(fn(x, y)), None, boolean=True, finite=True)
 
 
 def _safe(f):
@@ -82,35 +85,38 @@ def _sigmoid(v):
 
 
 _OPS = [
-    OpDef("add", 2, torch.add, lambda x, y: x + y, lambda a, o: (C(1), C(1))),
-    OpDef("sub", 2, torch.sub, lambda x, y: x - y, lambda a, o: (C(1), C(-1))),
-    OpDef("mul", 2, torch.mul, lambda x, y: x * y, lambda a, o: (a[1], a[0])),
+    OpDef("add", 2, torch.add, lambda x, y: x + y, lambda a, o: (C(1), C(1)), finite=True),
+    OpDef("sub", 2, torch.sub, lambda x, y: x - y, lambda a, o: (C(1), C(-1)), finite=True),
+    OpDef("mul", 2, torch.mul, lambda x, y: x * y, lambda a, o: (a[1], a[0]), finite=True),
     OpDef("div", 2, torch.div, lambda x, y: x / y,
           lambda a, o: (N("div", 1.0, a[1]), N("neg", N("div", o, a[1])))),
     OpDef("pow", 2, torch.pow, _safe(lambda x, y: x ** y), _p_pow),
-    OpDef("neg", 1, torch.neg, lambda x: -x, lambda a, o: (C(-1),)),
-    OpDef("abs", 1, torch.abs, abs, lambda a, o: (N("sign", a[0]),)),
-    OpDef("sign", 1, torch.sign, _sign, lambda a, o: (C(0),)),
+    OpDef("neg", 1, torch.neg, lambda x: -x, lambda a, o: (C(-1),), finite=True),
+    OpDef("abs", 1, torch.abs, abs, lambda a, o: (N("sign", a[0]),), finite=True),
+    OpDef("sign", 1, torch.sign, _sign, lambda a, o: (C(0),), finite=True),
     OpDef("exp", 1, torch.exp, math.exp, lambda a, o: (o,)),
     OpDef("expm1", 1, torch.expm1, math.expm1, lambda a, o: (N("add", o, 1.0),)),
     OpDef("log", 1, torch.log, math.log, lambda a, o: (N("div", 1.0, a[0]),)),
     OpDef("log1p", 1, torch.log1p, math.log1p, lambda a, o: (N("div", 1.0, N("add", a[0], 1.0)),)),
     OpDef("sqrt", 1, torch.sqrt, math.sqrt, lambda a, o: (N("div", 0.5, o),)),
-    OpDef("sin", 1, torch.sin, math.sin, lambda a, o: (N("cos", a[0]),)),
-    OpDef("cos", 1, torch.cos, math.cos, lambda a, o: (N("neg", N("sin", a[0])),)),
+    OpDef("sin", 1, torch.sin, math.sin, lambda a, o: (N("cos", a[0]),), finite=True),
+    OpDef("cos", 1, torch.cos, math.cos, lambda a, o: (N("neg", N("sin", a[0])),), finite=True),
     OpDef("tan", 1, torch.tan, math.tan, lambda a, o: (N("add", 1.0, N("mul", o, o)),)),
-    OpDef("atan", 1, torch.atan, math.atan, lambda a, o: (N("div", 1.0, N("add", 1.0, N("mul", a[0], a[0]))),)),
-    OpDef("tanh", 1, torch.tanh, math.tanh, lambda a, o: (N("sub", 1.0, N("mul", o, o)),)),
-    OpDef("sigmoid", 1, torch.sigmoid, _sigmoid, lambda a, o: (N("mul", o, N("sub", 1.0, o)),)),
+    OpDef("atan", 1, torch.atan, math.atan, lambda a, o: (N("div", 1.0, N("add", 1.0, N("mul", a[0], a[0]))),),
+          finite=True),
+    OpDef("tanh", 1, torch.tanh, math.tanh, lambda a, o: (N("sub", 1.0, N("mul", o, o)),), finite=True),
+    OpDef("sigmoid", 1, torch.sigmoid, _sigmoid, lambda a, o: (N("mul", o, N("sub", 1.0, o)),),
+          finite=True),
     OpDef("softplus", 1, torch.nn.functional.softplus, _softplus, lambda a, o: (N("sigmoid", a[0]),)),
     OpDef("relu", 1, torch.relu, lambda x: max(x, 0.0), lambda a, o: (_where01(N("gt", a[0], 0.0)),),
-          takes_out=False),
+          takes_out=False, finite=True),
     OpDef("erf", 1, torch.erf, math.erf,
-          lambda a, o: (N("mul", 2.0 / math.sqrt(math.pi), N("exp", N("neg", N("mul", a[0], a[0])))),)),
-    OpDef("maximum", 2, torch.maximum, max, _p_maximum),
-    OpDef("minimum", 2, torch.minimum, min, _p_minimum),
+          lambda a, o: (N("mul", 2.0 / math.sqrt(math.pi), N("exp", N("neg", N("mul", a[0], a[0])))),),
+          finite=True),
+    OpDef("maximum", 2, torch.maximum, max, _p_maximum, finite=True),
+    OpDef("minimum", 2, torch.minimum, min, _p_minimum, finite=True),
     OpDef("where", 3, torch.where, lambda c, x, y: x if c else y,
-          lambda a, o: (None, _where01(a[0]), _where01(a[0], 0.0, 1.0))),
+          lambda a, o: (None, _where01(a[0]), _where01(a[0], 0.0, 1.0)), finite=True),
     _cmp("gt", lambda x, y: x > y, torch.gt),
     _cmp("ge", lambda x, y: x >= y, torch.ge),
     _cmp("lt", lambda x, y: x < y, torch.lt),

@@ -11,25 +11,21 @@ per tap, where the forward needs 2. Two rewrites, both exact:
   gs alone computed once per (row, out channel) and shared by the tile's columns (torch's sign
   is (u > 0) - (u < 0): 0 at 0 and at NaN; gs * 0 keeps a NaN/inf gs's NaN).
 - The select is left out when the rewritten term is finite wherever x, the weights and gs are
-  (ops in _FINITE): a missing tap then adds gs * finite = 0. With a non-finite input or weight
+  (every op flagged `finite` in ir/ops.py): a missing tap then adds gs * finite = 0. With a non-finite input or weight
   a missing tap can add NaN where the reference adds nothing; the forward is non-finite there
   already, so the gradient is NaN (loud) rather than silently wrong.
 """
 from __future__ import annotations
 
 from ...ir.expr import Expr, node, topo_order, weight
+from ...ir.ops import OPS
 
 GS_NAME = "__gs"
 GS = weight(GS_NAME)  # printed as the kernels' `gs` variable
 
-# Ops whose value is finite when their arguments are (overflow of huge products aside). Not here:
-# exp, expm1, div, log, sqrt, pow with a non-integer / negative exponent, tan, softplus's exp...
-_FINITE = {"input", "weight", "add", "sub", "mul", "neg", "abs", "sign", "sin", "cos", "atan", "tanh",
-           "sigmoid", "relu", "erf", "maximum", "minimum", "where", "gt", "ge", "lt", "le", "eq", "ne"}
-
-
-
 def _finite(e: Expr) -> bool:
+    """True if e is finite wherever x, the weights and gs are (the op table's `finite` flags; pow
+    with a small non-negative integer exponent is a product)."""
     for n in topo_order(e):
         if n.op == "const":
             if n.value != n.value or n.value in (float("inf"), float("-inf")):
@@ -38,7 +34,7 @@ def _finite(e: Expr) -> bool:
             ex = n.args[1]
             if not (ex.is_const and ex.value.is_integer() and 0 <= ex.value <= 16):
                 return False
-        elif n.op not in _FINITE:
+        elif n.op not in ("input", "weight") and not OPS[n.op].finite:
             return False
     return True
 
