@@ -5,11 +5,13 @@ and deterministic mode. CUDA parts: tests/gpu/test_ecosystem_gpu.py. Compiles ar
 minus code generation.
 """
 import datetime
+import gc
 import io
 import os
 import pickle
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -245,8 +247,13 @@ def _free_port() -> int:
 
 
 def _worker(rank, world, port, mode, out):
+    import faulthandler
+
     import torch.distributed as dist
 
+    # A rank that dies on a signal (CI once saw SIGABRT, "terminate called without an active exception")
+    # prints every thread's Python stack to its stderr, which pytest captures.
+    faulthandler.enable(all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # a bounded wait: a rank that never arrives fails the collective instead of hanging CI
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -269,8 +276,16 @@ def _worker(rank, world, port, mode, out):
         wrapped(shard).pow(2).mean().backward()  # mean over equal shards: averaged grads = full batch
         gs = [p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for p in m.parameters()]
         torch.save([g.detach().clone() for g in gs], os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks are done with every collective before anything is torn down
+        del wrapped, m, gs
     finally:
+        gc.collect()  # FSDP's pending Work objects go while the process group and the interpreter are alive
         dist.destroy_process_group()
+    # Leave without interpreter finalization: gloo worker threads still holding tensors at that point
+    # abort the process (pytorch/pytorch#179291). The result is already on disk; mp.spawn reads exit code 0.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawn(mode, out):
@@ -285,6 +300,8 @@ def _distributed(mode, tmp_path):
     ctx = mp.get_context("spawn")
     outcome = []
     for attempt in range(2):
+        for f in tmp_path.glob("rank*.pt"):
+            f.unlink()
         p = ctx.Process(target=_spawn, args=(mode, str(tmp_path)))
         p.start()
         p.join(timeout=150)
@@ -295,7 +312,8 @@ def _distributed(mode, tmp_path):
             continue
         if p.exitcode == 0:
             break
-        outcome.append(f"exit code {p.exitcode}")
+        written = sorted(f.name for f in tmp_path.glob("rank*.pt"))
+        outcome.append(f"exit code {p.exitcode}, results written: {written}")
     else:
         pytest.fail(f"{mode} with 2 gloo ranks failed twice: {outcome}")
     m = model()
