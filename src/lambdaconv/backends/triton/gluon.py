@@ -55,7 +55,8 @@ $GEOMETRY
     HAS_BIAS: gl.constexpr, SAVE_AUX: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,  # BLOCK_K divides CG
     L3: gl.constexpr,  # BlockedLayout over [BLOCK_M, BLOCK_K, BLOCK_N], BLOCK_K wholly per thread
-    K_MODE: gl.constexpr,  # 0: channel loop; 1: channel loop unrolled; 2: one loop, next step's loads first
+    K_MODE: gl.constexpr,  # 0: channel loop; 1: channel loop unrolled; 2: one loop, next step's loads first;
+    # 3: channel loop outer, taps unrolled
 ):
     LA: gl.constexpr = gl.SliceLayout(2, L3)  # [BLOCK_M, BLOCK_K] x slice
     LB: gl.constexpr = gl.SliceLayout(0, L3)  # [BLOCK_K, BLOCK_N] weight slice
@@ -104,6 +105,17 @@ $W_CUR
 $PIPE_BODY
             a_cur = a_nxt
 $W_SWAP
+    elif K_MODE == 3:
+        # channel blocks outer, the taps unrolled inside: each tap's offset is a constant, so its
+        # loads take immediate offsets (no address arithmetic per step), and in straight-line code
+        # ptxas issues the next tap's loads before the current tap's arithmetic (pipelining that
+        # K_MODE 2 does by hand at the cost of register moves). The step order is channel-major, so
+        # it is not used where the winner's tie-break must match the portable kernel (SAVE_AUX).
+        for c0 in range(0, CG, BLOCK_K):
+            a_base = x_ptr + (a_off + c0 * S)
+            b_base = b_off + c0 * (T * OG)
+            for t in gl.static_range(T):
+$STEP3
     else:
         for t in range(T):
             kd = t // (KH * KW)
@@ -157,6 +169,16 @@ $OP_CODE
         idx = gl.where(idx < 0, wc * T + wt, idx)  # unreachable when the recomputation is exact
         gl.store(aux_ptr + y_off, idx, mask=mask)'''
 W_EPI = "w_{i} = gl.load(w{i}_ptr + (w_e + (wc + k) * (T * OG))).to(CT)"
+
+# K_MODE 3's step: tap t (a constant) of the channels at a_base / b_base
+STEP3 = '''\
+xv = gl.expand_dims(gl.load(a_base + ((t // (KH * KW)) * DD * (IH * IW) + ((t // KW) % KH) * DH * IW
+                                      + (t % KW) * DW)).to(CT), 2)
+$W_LOADS
+$OP_CODE
+v = $OP_OUT
+$COMBINE'''
+W_LOAD3 = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_base + t * OG).to(CT), 0)"
 
 # One K step: BLOCK_K channels of tap t. xv is [BLOCK_M, BLOCK_K, 1], each weight [1, BLOCK_K, BLOCK_N].
 STEP = '''\
@@ -231,6 +253,9 @@ def source(spec, reduce: str, compute: str):
     step = Template(STEP).substitute(
         W_LOADS="\n".join(W_LOAD.format(i=i) for i in range(len(names))), OP_CODE=code, OP_OUT=op_out,
         COMBINE=Template(combine).substitute(STEP_ID="(t * (CG // BLOCK_K) + c0 // BLOCK_K)"))
+    step3 = Template(STEP3).substitute(
+        W_LOADS="\n".join(W_LOAD3.format(i=i) for i in range(len(names))), OP_CODE=code, OP_OUT=op_out,
+        COMBINE=Template(combine).substitute(STEP_ID="0"))
     pipe = Template("$OP_CODE\nv = $OP_OUT\n$COMBINE").substitute(
         OP_CODE=code, OP_OUT=op_out, COMBINE=Template(combine).substitute(STEP_ID="s"))
     idx = range(len(names))
@@ -247,7 +272,8 @@ def source(spec, reduce: str, compute: str):
         INIT=init, FINISH=finish, WINNER=winner, COMPUTE=compute.replace("tl.", "gl."), STEP=_indent(step, 20),
         PIPE_BODY=_indent(pipe, 12), W_FIRST=lines("w{i}_cur = gl.load(w{i}_ptr + b_off)", 8),
         W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", 12),
-        W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12))
+        W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12),
+        STEP3=_indent(step3, 16))
     head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce)
     return head + body
 
@@ -309,6 +335,8 @@ CONFIGS = [
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 2),
     (128, 64, 16, 4, 8, 4, 8, 8, 1, 0),
+    (64, 64, 4, 4, 8, 4, 8, 4, 1, 3),
+    (128, 64, 4, 4, 8, 4, 8, 8, 1, 3),
 ]
 
 _failed = set()
@@ -359,7 +387,7 @@ def forward(mod, args, kw, rows, og, groups, cg, portable) -> None:
     timed once per (module, geometry, batch-size bucket) as tuning.launch does."""
     from . import tuning
 
-    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None]
+    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] == 3)]
     if not tuning.tuning_enabled():
         cands = cands[:1]
     if not cands:

@@ -67,16 +67,20 @@ $GEOMETRY
     offs_kg = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LG))
     g_off = gl.expand_dims(g_row, 1) + gl.expand_dims(offs_kg * GP, 0)
     offs_kw = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, LW))
-    offs_cw = gl.minimum(gl.program_id(1) * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LW)), CG - 1)
+    offs_cw = gl.program_id(1) * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LW))
+    if CG % BLOCK_C != 0:  # clamped only where needed: a clamp hides the contiguity (no 16-byte loads)
+        offs_cw = gl.minimum(offs_cw, CG - 1)
     w_off = g * (T * OG * CG) + gl.expand_dims(offs_kw * CG, 1) + gl.expand_dims(offs_cw, 0)  # (G, T, OG, CG)
     acc = gl.zeros([BLOCK_M, BLOCK_C], gl.float32, LX)
-    for t in range(T):
-        kd = t // (KH * KW)
-        kh = (t // KW) % KH
-        kw = t % KW
-        shift = (KD - 1 - kd) * DD * (GH * GW) + (KH - 1 - kh) * DH * GW + (KW - 1 - kw) * DW
-        for o0 in range(0, OG, BLOCK_K):
-            gs = gl.expand_dims(gl.load(gsp_ptr + (g_off + (shift + o0 * GP))), 2)  # [BLOCK_M, BLOCK_K, 1]
+    # out-channel blocks outer, the taps unrolled inside: each tap's shift is a constant, so the
+    # loads take immediate offsets and ptxas issues the next tap's loads during this tap's arithmetic
+    for o0 in range(0, OG, BLOCK_K):
+        g_base = gsp_ptr + (g_off + o0 * GP)
+        w_base = w_off + o0 * CG
+        for t in gl.static_range(T):
+            gs = gl.expand_dims(gl.load(g_base + ((KD - 1 - t // (KH * KW)) * DD * (GH * GW)
+                                                  + (KH - 1 - (t // KW) % KH) * DH * GW
+                                                  + (KW - 1 - t % KW) * DW)), 2)  # [BLOCK_M, BLOCK_K, 1]
 $W_LOADS
 $OP_CODE
             acc += gl.sum($TERM, axis=1)
@@ -86,7 +90,7 @@ $OP_CODE
 '''
 
 W_ARG_B = "    w{i}_ptr,  # weight {name!r}, (G, T, OG, CG)"
-W_LOAD_X = ("            w_{i} = gl.expand_dims(gl.load(w{i}_ptr + (w_off + (t * OG + o0) * CG)).to(gl.float32), 0)")
+W_LOAD_X = ("            w_{i} = gl.expand_dims(gl.load(w{i}_ptr + (w_base + t * (OG * CG))).to(gl.float32), 0)")
 
 BWD_W = '''
 
@@ -99,7 +103,7 @@ $GW_ARGS
     n_rows,  # N * P
     chunk,  # rows of the N * P range summed by one split
 $GEOMETRY
-    BLOCK_O: gl.constexpr, BLOCK_R: gl.constexpr, BLOCK_C: gl.constexpr,
+    BLOCK_O: gl.constexpr, BLOCK_R: gl.constexpr, BLOCK_C: gl.constexpr, ROWS_U: gl.constexpr,
     L3: gl.constexpr,  # BlockedLayout over [BLOCK_O, BLOCK_R, BLOCK_C], lanes along the rows R
 ):
     LG: gl.constexpr = gl.SliceLayout(2, L3)  # [BLOCK_O, BLOCK_R] upstream gradient
@@ -121,29 +125,43 @@ $GEOMETRY
 $W_LOADS
     tap = (t // (KH * KW)) * DD * (IH * IW) + ((t // KW) % KH) * DH * IW + (t % KW) * DW
     offs_rx = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, LX))
-    cx = gl.minimum(cb * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX)), CG - 1)
-    x_c = gl.expand_dims(cx * S, 0) + g * (CG * S) + tap
+    # Per-thread offsets are kept free of runtime values (those go into the int64 row part): a
+    # runtime term inside the int32 offsets, or a clamp, hides their constant stride from the
+    # compiler, and each of a thread's channels then costs its own 64-bit address per row.
+    cx = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX))
+    x_fix = g * (CG * S) + tap + cb * (BLOCK_C * S)
+    if CG % BLOCK_C != 0:
+        cx = gl.minimum(cb * BLOCK_C + cx, CG - 1)
+        x_fix = g * (CG * S) + tap
+    x_c = gl.expand_dims(cx * S, 0)
     offs_rg = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, LG))
-    og = gl.minimum(ob * BLOCK_O + gl.arange(0, BLOCK_O, layout=gl.SliceLayout(1, LG)), OG - 1)
-    g_o = gl.expand_dims((g * OG + og) * P, 1)
+    og = gl.arange(0, BLOCK_O, layout=gl.SliceLayout(1, LG))
+    g_fix = (g * OG + ob * BLOCK_O) * P
+    if OG % BLOCK_O != 0:
+        og = gl.minimum(ob * BLOCK_O + og, OG - 1)
+        g_fix = g * OG * P
+    g_o = gl.expand_dims(og * P, 1)
 $GW_INIT
     m_start = split * chunk
     m_end = gl.minimum(m_start + chunk, n_rows)
-    for m0 in range(m_start, m_end, BLOCK_R):
-        mr = gl.minimum(m0 + offs_rx, m_end - 1)  # tail rows re-read a real row; their gs is 0
-        n = mr // P
-        p = mr % P
-        od = p // (OH * OW)
-        oh = (p // OW) % OH
-        ow = p % OW
-        x_row = n.to(gl.int64) * (C * S) + (od * SD * (IH * IW) + oh * SH * IW + ow * SW)
-        xv = gl.expand_dims(gl.load(x_ptr + (gl.expand_dims(x_row, 1) + x_c)).to(gl.float32), 0)
-        rg = m0 + offs_rg
-        rc = gl.minimum(rg, m_end - 1)
-        g_row = (rc // P).to(gl.int64) * (O * P) + rc % P
-        gs = gl.load(gs_ptr + (gl.expand_dims(g_row, 0) + g_o))
-        # tail rows: a float 0/1 factor, not a broadcast boolean select (see templates.py)
-        gs = gl.expand_dims(gs * gl.expand_dims(gl.where(rg < m_end, 1.0, 0.0), 0), 2)  # [BLOCK_O, BLOCK_R, 1]
+    # ROWS_U blocks of rows per iteration, unrolled: their loads are issued together (more memory
+    # requests in flight per warp than one block's; the kernel is latency-bound at 1 program per SM)
+    for m0 in range(m_start, m_end, BLOCK_R * ROWS_U):
+        for u in gl.static_range(ROWS_U):
+            mr = gl.minimum(m0 + u * BLOCK_R + offs_rx, m_end - 1)  # tail rows re-read a real row; their gs is 0
+            n = mr // P
+            p = mr % P
+            od = p // (OH * OW)
+            oh = (p // OW) % OH
+            ow = p % OW
+            x_row = n.to(gl.int64) * (C * S) + (od * SD * (IH * IW) + oh * SH * IW + ow * SW + x_fix)
+            xv = gl.expand_dims(gl.load(x_ptr + (gl.expand_dims(x_row, 1) + x_c)).to(gl.float32), 0)
+            rg = m0 + u * BLOCK_R + offs_rg
+            rc = gl.minimum(rg, m_end - 1)
+            g_row = (rc // P).to(gl.int64) * (O * P) + (rc % P + g_fix)
+            gs = gl.load(gs_ptr + (gl.expand_dims(g_row, 0) + g_o))
+            # tail rows: a float 0/1 factor, not a broadcast boolean select (see templates.py)
+            gs = gl.expand_dims(gs * gl.expand_dims(gl.where(rg < m_end, 1.0, 0.0), 0), 2)  # [BLOCK_O, BLOCK_R, 1]
 $OP_CODE
 $GW_ACC
     mask = gl.expand_dims(offs_ow < OG, 1) & gl.expand_dims(offs_cw < CG, 0)
@@ -153,7 +171,7 @@ $GW_STORE
 W_LOAD_W = "    w_{i} = gl.expand_dims(gl.load(w{i}_ptr + w_off).to(gl.float32), 1)  # [BLOCK_O, 1, BLOCK_C]"
 GW_ARG = "    gw{i}_ptr,  # fp32 (SPLITS, G, T, OG, CG) partial gradient of weight {name!r}"
 GW_INIT = "    gw_{i} = gl.zeros([BLOCK_O, BLOCK_R, BLOCK_C], gl.float32, L3)"
-GW_ACC = "        gw_{i} += {term}"
+GW_ACC = "            gw_{i} += {term}"
 GW_STORE = "    gl.store(gw{i}_ptr + split * (O * CG * T) + w_off, gl.sum(gw_{i}, axis=1), mask=mask)"
 
 
@@ -191,7 +209,7 @@ def source_w(spec, need_w):
     terms = [gradcode.term(p) for p in wanted]
     gw_names = [n for n, k in zip(names, need_w) if k]
     code, outs = emit([t for t, _ in terms], "xv",
-                      {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 8)
+                      {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
     if not wanted or not _ok(code, outs, wanted, "input"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
@@ -202,11 +220,12 @@ def source_w(spec, need_w):
         W_LOADS="\n".join(W_LOAD_W.format(i=i) for i in range(len(names))),
         GW_INIT=_indent("\n".join(GW_INIT.strip().format(i=i) for i in range(len(gw_names))), 4),
         OP_CODE=code, GW_ACC=_indent("\n".join(GW_ACC.strip().format(i=i, term=gradcode.value(o, sel, "gl"))
-                                 for i, (o, (_, sel)) in enumerate(zip(outs, terms))), 8),
+                                 for i, (o, (_, sel)) in enumerate(zip(outs, terms))), 12),
         GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
 
 
 GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
+GW_ROWS_U = 2  # blocks of rows per loop iteration (env LAMBDACONV_GLUON_GW_U for sweeps)
 
 # (BLOCK_M, BLOCK_C, BLOCK_K, per thread M, C, lanes M, C, warps M, C, -): the forward's layout
 X_CONFIG = (64, 64, 2, 4, 8, 4, 8, 4, 1, 0)
@@ -252,7 +271,14 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
     cfg = (bm, bc, bk) + X_CONFIG[3:]
     grid = ((rows + bm - 1) // bm, (k["CG"] + bc - 1) // bc, groups)
     return _call(mod, "_bwd_x_gluon", grid, (xk, *wb, gsp, gxk, rows),
-                 dict(k, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg), num_warps=cfg[7] * cfg[8]))
+                 dict(k, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg), num_warps=cfg[7] * cfg[8],
+                      **_maxnreg("GX")))
+
+
+def _maxnreg(which: str) -> dict:
+    """{"maxnreg": n} where LAMBDACONV_GLUON_<which>_MAXNREG is set (register cap: occupancy sweeps)."""
+    v = os.environ.get(f"LAMBDACONV_GLUON_{which}_MAXNREG")
+    return {"maxnreg": int(v)} if v else {}
 
 
 def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
@@ -270,6 +296,7 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     from triton.experimental.gluon import language as gl
     n_w = sum(1 for v in need_w if v)
     to, tc, wo, wc = 4, 8, 4, 2  # [TO, TC] partial sums per thread and weight
+    rows_u = int(os.environ.get("LAMBDACONV_GLUON_GW_U", GW_ROWS_U))
     bo, bc, br = to * wo, tc * wc, 32
     layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
     og, cg, taps = k["OG"], k["CG"], k["KD"] * k["KH"] * k["KW"]
@@ -281,5 +308,5 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]
     ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, *slabs, rows, chunk),
-               dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, L3=layout, num_warps=wo * wc))
+               dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, ROWS_U=rows_u, L3=layout, num_warps=wo * wc, **_maxnreg("GW")))
     return slabs if ok else None

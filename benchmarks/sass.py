@@ -1,0 +1,149 @@
+"""Instruction counts of the generated kernels' hot loops, without a GPU.
+
+Compiles a generated kernel (Gluon forward, input gradient, weight gradient) for sm_90 with
+triton.compile and an explicit target, disassembles it with the nvdisasm that ships with triton,
+finds the innermost loops (a backward branch to a label) and counts their instructions by opcode
+class. Dividing by the taps one loop iteration computes gives instructions per tap, the number the
+CUDA-core floor is counted in (HOPPER: ~33 T instructions/s for fp32 over the whole H100).
+
+    python benchmarks/sass.py --op adder --kernel gw        # counts of each loop
+    python benchmarks/sass.py --op adder --kernel gw --dump # and the loop's SASS
+
+The geometry is the issue's first shape (N16 C64 O64 56x56 k3 pad 1, input pre-padded by torch).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+
+import lambdaconv as lc  # noqa: F401  (registers everything)
+from lambdaconv.backends.triton import gluon, gluon_bwd
+from lambdaconv.ir.spec import resolve_op
+
+GEOM = dict(C=64, CG=64, O=64, OG=64, ID=1, IH=58, IW=58, OD=1, OH=56, OW=56, KD=1, KH=3, KW=3,
+            SD=1, SH=1, SW=1, DD=1, DH=1, DW=1, PD=0, PH=0, PW=0, IGNORE=False)
+
+
+def _compile(fn, consts: dict, num_warps: int, dtype: str = "fp32", maxnreg=None) -> str:
+    """SASS text of fn compiled for sm_90 with every non-constexpr pointer of `dtype`."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + ("fp32" if name.startswith(("gs", "gw", "gx", "aux")) else dtype)
+            if name == "aux_ptr":
+                sig[name] = "*i32"
+        else:
+            sig[name] = "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
+    src = GluonASTSource(fn, sig, consts, attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "maxnreg": maxnreg})
+    cubin = k.asm["cubin"]
+    import os
+    import subprocess
+    import tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([tool.replace("nvdisasm", "cuobjdump"), "-res-usage", f.name], capture_output=True,
+                               text=True).stdout
+        print(f"warps {num_warps}; " + " ".join(re.findall(r"REG:\d+|STACK:\d+|SHARED:\d+|LOCAL:\d+", usage)))
+        return subprocess.run([tool, "-c", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def loops(sass: str):
+    """(label, [instruction lines]) for each backward branch: the body from the label to the branch."""
+    lines = sass.splitlines()
+    where = {}
+    body = []
+    for line in lines:
+        m = re.match(r"\s*\.?(L_x_\d+):", line)
+        if m:
+            where[m.group(1)] = len(body)
+            continue
+        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
+        if m:
+            body.append(m.group(1).strip())
+    out = []
+    for i, ins in enumerate(body):
+        m = re.search(r"\bBRA\b.*?`?\(?\.?(L_x_\d+)", ins)
+        if m and m.group(1) in where and where[m.group(1)] <= i:
+            out.append((m.group(1), body[where[m.group(1)]:i + 1]))
+    return out
+
+
+def classify(ins: str) -> str:
+    op = re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0]
+    return op.split(".")[0]
+
+
+def report(name: str, sass: str, taps_per_iter: int, dump: bool) -> None:
+    print(f"== {name}")
+    for label, body in loops(sass):
+        c = collections.Counter(classify(i) for i in body)
+        print(f"loop {label}: {len(body)} instructions"
+              + (f", {len(body) / taps_per_iter:.2f} per tap ({taps_per_iter} taps per thread and iteration)"
+                 if taps_per_iter else ""))
+        print("   " + ", ".join(f"{k} {v}" for k, v in c.most_common()))
+        if dump:
+            print("\n".join("     " + i for i in body))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--op", default="adder")
+    ap.add_argument("--reduce", default=None)
+    ap.add_argument("--kernel", choices=["fwd", "gx", "gw"], default="gw")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    ap.add_argument("--dump", action="store_true")
+    ap.add_argument("--config", type=int, default=0, help="index into gluon.CONFIGS (fwd)")
+    ap.add_argument("--u", type=int, default=gluon_bwd.GW_ROWS_U, help="row blocks per iteration (gw)")
+    ap.add_argument("--warps", default="4,2", help="warps along O,C (gw)")
+    ap.add_argument("--maxnreg", type=int, default=None)
+    a = ap.parse_args(argv)
+    spec = resolve_op(a.op)
+    reduce = a.reduce or spec.default_reduce
+    from triton.experimental.gluon import language as gl
+    g = dict(GEOM)
+    if a.kernel == "fwd":
+        compute = "tl.float16" if a.dtype == "fp16" and gluon.half_sum(spec, reduce) else "tl.float32"
+        text = gluon.source(spec, reduce, compute)
+        from lambdaconv.backends.triton.kernels import load
+        mod = load(text, False)
+        cfg = gluon.CONFIGS[a.config]
+        bm, bn, bk, tm, tn = cfg[:5]
+        g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=gluon.layout(cfg),
+                 K_MODE=cfg[-1])
+        sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype)
+        report(f"forward {a.op} {reduce} {a.dtype} config {cfg}", sass, tm * bk * tn, a.dump)
+    elif a.kernel == "gx":
+        from lambdaconv.backends.triton.kernels import load
+        mod = load(gluon_bwd.source_x(spec), False)
+        cfg = gluon_bwd.X_CONFIG
+        bm, bc, bk = cfg[:3]
+        g.update(IH=56, IW=56, PH=1, PW=1, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg))
+        sass = _compile(mod._bwd_x_gluon, g, cfg[7] * cfg[8])
+        report(f"input gradient {a.op}", sass, cfg[3] * bk * cfg[4], a.dump)
+    else:
+        from lambdaconv.backends.triton.kernels import load
+        need = tuple(True for _ in spec.weight_names)
+        mod = load(gluon_bwd.source_w(spec, need), False)
+        to, tc = 4, 8
+        wo, wc = map(int, a.warps.split(","))
+        layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
+        g.update(BLOCK_O=to * wo, BLOCK_R=32, BLOCK_C=tc * wc, ROWS_U=a.u, L3=layout)
+        sass = _compile(mod._bwd_w_gluon, g, wo * wc, maxnreg=a.maxnreg)
+        report(f"weight gradient {a.op} rows x{a.u}", sass, to * tc * a.u, a.dump)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
