@@ -211,10 +211,14 @@ class TritonConv(torch.autograd.Function):
             gs = gs.contiguous()
             yb = aux if reduce == "logsumexp" else gs
             wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
-            # Gluon backward kernels: opt-in (LAMBDACONV_GLUON_BWD=1); measured ~4% faster fwd+bwd (run 18):
-            # the per-tap gradient arithmetic, not the portable kernels' barriers, is the limit
-            fast = (reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
-                    and tuning.env("LAMBDACONV_GLUON_BWD", "0") == "1")
+            # Gluon backward kernels. LAMBDACONV_GLUON_BWD: "auto" (default) the weight gradient of
+            # one-weight ops (adder on an H100, session 3: 0.80 ms against the portable 1.25), "1" both
+            # kernels, "0" neither. The Gluon input gradient measured slower than the portable one
+            # (0.63 against 0.575 ms), and two-weight ops were not measured: both stay portable.
+            mode = tuning.env("LAMBDACONV_GLUON_BWD", "auto")
+            base = reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
+            fast = base and mode == "1"
+            fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
             if need_x:
                 gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)
                 rows = xk_c.numel() // g.in_channels
@@ -223,7 +227,7 @@ class TritonConv(torch.autograd.Function):
                                   g.cin_per_group, g.groups, interp, p.k_key)
             if True in need_w:
                 slabs = None
-                if fast and g.batch * g.positions:
+                if fast_w and g.batch * g.positions:
                     xp = pad_input(xk_c, g).contiguous() if in_pad else xk_c
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
                                              g.groups, tuning.sm_count(dev))

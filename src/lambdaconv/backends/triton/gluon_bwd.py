@@ -3,8 +3,10 @@
 The portable backward kernels are outer products over 1-d loads, like the portable forward, with
 the same two barriers per step (measured on an H100 at N16 C64 O64 56x56, adder: weight gradient
 1.35 ms, input gradient 0.95 ms; the generic gradient code is ~10.5 instructions per tap, a floor of
-~0.6 ms each at the CUDA-core rate). Measured (run 18): fwd+bwd 4% faster than the portable kernels,
-so these are opt-in (LAMBDACONV_GLUON_BWD=1); cheaper gradient expressions are the lever. Here:
+~0.6 ms each at the CUDA-core rate). Session 3 (gradcode terms, offsets without runtime terms,
+register cap): the weight gradient here 0.80 ms against the portable 1.25, the input gradient 0.63
+against 0.575, so by default (LAMBDACONV_GLUON_BWD=auto) only the weight gradient of one-weight ops
+runs here; "1" runs both, "0" neither. `python benchmarks/sass.py --kernel gw` counts their loops. Here:
 
 - _bwd_x_gluon: gx[m, c] = sum over (tap t, out channel o) of gs[m, o, t] * d op/dx(x[m, c], w[o, c, t]),
   an implicit GEMM laid out as the forward (3-D layout [BLOCK_M, BLOCK_K, BLOCK_C], K = out
@@ -225,7 +227,12 @@ def source_w(spec, need_w):
 
 
 GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
-GW_ROWS_U = 2  # blocks of rows per loop iteration (env LAMBDACONV_GLUON_GW_U for sweeps)
+# Session 3 on the H100 (adder, N16 C64 O64 56x56; benchmarks/gpu_bwd_sweep.py): 1.08-1.12 ms before
+# the offsets were freed of runtime terms; then 0.911 with 2 row blocks per iteration, 0.821 capped at
+# 128 registers (2 programs per SM instead of 1), 0.804 with 1 row block capped. The cap is for one
+# weight only: two weights' tiles and sums alone take 128 registers.
+GW_ROWS_U = 1  # blocks of rows per loop iteration (env LAMBDACONV_GLUON_GW_U for sweeps)
+GW_MAXNREG = 128  # register cap of the one-weight weight gradient (env LAMBDACONV_GLUON_GW_MAXNREG)
 
 # (BLOCK_M, BLOCK_C, BLOCK_K, per thread M, C, lanes M, C, warps M, C, -): the forward's layout
 X_CONFIG = (64, 64, 2, 4, 8, 4, 8, 4, 1, 0)
@@ -275,10 +282,11 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
                       **_maxnreg("GX")))
 
 
-def _maxnreg(which: str) -> dict:
-    """{"maxnreg": n} where LAMBDACONV_GLUON_<which>_MAXNREG is set (register cap: occupancy sweeps)."""
+def _maxnreg(which: str, default=None) -> dict:
+    """{"maxnreg": n}: LAMBDACONV_GLUON_<which>_MAXNREG ("0": no cap), else the default (None: no cap)."""
     v = os.environ.get(f"LAMBDACONV_GLUON_{which}_MAXNREG")
-    return {"maxnreg": int(v)} if v else {}
+    v = default if v is None else (int(v) or None)
+    return {"maxnreg": v} if v else {}
 
 
 def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
@@ -308,5 +316,6 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]
     ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, *slabs, rows, chunk),
-               dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, ROWS_U=rows_u, L3=layout, num_warps=wo * wc, **_maxnreg("GW")))
+               dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, ROWS_U=rows_u, L3=layout, num_warps=wo * wc,
+                                **_maxnreg("GW", GW_MAXNREG if n_w == 1 and len(wb) == 1 else None)))
     return slabs if ok else None
