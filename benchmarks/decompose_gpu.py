@@ -106,7 +106,10 @@ def kernel_profile(fn, iters=10) -> dict:
         torch.cuda.synchronize()
     kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     total_us = sum(e.device_time for e in kern)
-    return {"kernels_per_call": len(kern) / iters, "kernel_ms_per_call": total_us / iters / 1e3}
+    names: dict = {}
+    for e in kern:
+        names[e.name[:80]] = names.get(e.name[:80], 0) + 1 / iters
+    return {"kernels_per_call": len(kern) / iters, "kernel_ms_per_call": total_us / iters / 1e3, "kernel_names": names}
 
 
 def host_time(fn, iters=100) -> float:

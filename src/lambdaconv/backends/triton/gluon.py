@@ -388,7 +388,10 @@ def forward(mod, args, kw, rows, og, groups, cg, portable) -> None:
     from . import tuning
 
     cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] == 3)]
-    if not tuning.tuning_enabled():
+    forced = tuning.env("LAMBDACONV_GLUON_FWD_CONFIG")  # an index into CONFIGS (profiling, sweeps)
+    if forced is not None:
+        cands = [c for c in [_fit(CONFIGS[int(forced)], cg)] if c is not None]
+    elif not tuning.tuning_enabled():
         cands = cands[:1]
     if not cands:
         portable()
