@@ -16,16 +16,15 @@ from torch.profiler import ProfilerActivity, profile
 
 import lambdaconv as lc
 
-SETTINGS = [
-    {"LAMBDACONV_GLUON_BWD": "0"},
-    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_GW_U": "1", "LAMBDACONV_GLUON_GX_BK": "2"},
-    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_GW_U": "2", "LAMBDACONV_GLUON_GX_BK": "4"},
-    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_GW_U": "4", "LAMBDACONV_GLUON_GX_BK": "2",
-     "LAMBDACONV_GLUON_GX_MAXNREG": "168"},
-    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_GW_U": "2", "LAMBDACONV_GLUON_GW_MAXNREG": "128",
-     "LAMBDACONV_GLUON_GX_BK": "2", "LAMBDACONV_GLUON_GX_MAXNREG": "128"},
-    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_GW_U": "1", "LAMBDACONV_GLUON_GW_MAXNREG": "128",
-     "LAMBDACONV_GLUON_GX_BK": "4", "LAMBDACONV_GLUON_GX_MAXNREG": "168"},
+SETTINGS = [  # session 4: the predicated sign accumulation (LAMBDACONV_GLUON_SGN) against the selects
+    {"LAMBDACONV_GLUON_BWD": "auto", "LAMBDACONV_GLUON_SGN": "0"},
+    {"LAMBDACONV_GLUON_BWD": "auto", "LAMBDACONV_GLUON_SGN": "w"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "0"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "x"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "1"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "x", "LAMBDACONV_GLUON_GX_BK": "4"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "x", "LAMBDACONV_GLUON_GX_BK": "1"},
+    {"LAMBDACONV_GLUON_BWD": "1", "LAMBDACONV_GLUON_SGN": "x", "LAMBDACONV_GLUON_GX_MAXNREG": "168"},
 ]
 
 
@@ -44,6 +43,8 @@ def main():
             return torch.autograd.grad(lc.conv2d(x, op, ws, padding=1, backend="triton"), leaves, gy)
 
         for st in SETTINGS:
+            for key in [k for k in os.environ if k.startswith("LAMBDACONV_GLUON_")]:
+                del os.environ[key]  # each setting from the defaults
             os.environ.update(st)
             for _ in range(3):
                 step()

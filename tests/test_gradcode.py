@@ -58,3 +58,28 @@ def test_sign_term_has_no_per_tap_multiply():
     assert t.op == "where" and "sign" not in str(t)
     per_tap = [n for n in topo_order(t) if n.op in ("mul", "add", "sub") and depends(n, "input")]
     assert [str(n) for n in per_tap] == ["x - weight"]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_branches_compare_a_and_b_exactly(op):
+    # where(a - b > 0, A, where(a - b < 0, B, C)) accumulated as the Gluon kernels' predicated adds
+    # (A if a > b, B if a < b, C otherwise) gives the term itself, ties, zeros, NaN and inf included
+    spec = resolve_op(op)
+    x, ws, gs = _values(spec.weight_names)
+    env = {**ws, gradcode.GS_NAME: gs}
+    found = 0
+    for p in spec.partials():
+        t, select = gradcode.term(p)
+        br = gradcode.branches(t)
+        if br is None:
+            continue
+        found += 1
+        a, b, A, B, C = (evaluate(e, x, env, dtype=torch.float64) for e in br)
+        a, b, A, B, C = torch.broadcast_tensors(a, b, A, B, C)
+        got = torch.where(a > b, A, torch.where(a < b, B, C))
+        want = torch.broadcast_to(evaluate(t, x, env, dtype=torch.float64), got.shape)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), (op, str(t))
+        assert torch.equal(got[~torch.isnan(want)], want[~torch.isnan(want)]), (op, str(t))
+    assert found == {"adder": 2, "abs(x*A - B)": 1}.get(op, found)
+    if op in ("offset", "quadratic", "sigmoid(A*x)*B"):
+        assert found == 0

@@ -296,7 +296,10 @@ class _AffineConv(torch.autograd.Function):
         # (torch.mul has no scalar factor; a separate neg kernel cost ~2 us of GPU and host time)
         gbs = gb.view(k.gshape)
         gP = torch.addcmul(gPc, Qt, gbs, value=k.alpha) if need[1] else None
-        gQ = torch.addcmul(_zero(Pt), Pt, gbs, value=k.alpha) if need[2] else None
+        gQ = None
+        if need[2]:
+            z = _zero(Pt)
+            gQ = torch.mul(Pt, torch.mul(gbs, k.alpha)) if z is None else torch.addcmul(z, Pt, gbs, value=k.alpha)
         if ctx.dtypes is None:
             return gx, gP, gQ, gb if need[3] else None, None, None
         xdt, pdt, qdt, bdt = ctx.dtypes
@@ -308,8 +311,12 @@ _CONV_BWD = torch.ops.aten.convolution_backward.default
 _ZEROS: dict = {}
 
 
-def _zero(t: torch.Tensor) -> torch.Tensor:
-    """A 0-d zero of t's dtype on t's device, made once (read only: addcmul's broadcast input)."""
+def _zero(t: torch.Tensor):
+    """A 0-d zero of t's dtype on t's device, made once (read only: addcmul's broadcast input);
+    None for tensor subclasses (fake tensors while tracing, DTensor) and during CUDA-graph capture,
+    where a tensor made outside does not belong."""
+    if type(t) is not torch.Tensor or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return None
     key = (t.device, t.dtype)
     z = _ZEROS.get(key)
     if z is None:

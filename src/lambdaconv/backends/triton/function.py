@@ -212,12 +212,13 @@ class TritonConv(torch.autograd.Function):
             yb = aux if reduce == "logsumexp" else gs
             wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
             # Gluon backward kernels. LAMBDACONV_GLUON_BWD: "auto" (default) the weight gradient of
-            # one-weight ops (adder on an H100, session 3: 0.80 ms against the portable 1.25), "1" both
-            # kernels, "0" neither. The Gluon input gradient measured slower than the portable one
-            # (0.63 against 0.575 ms), and two-weight ops were not measured: both stay portable.
+            # one-weight ops (adder on an H100, session 3: 0.80 ms against the portable 1.25; 0.73 with
+            # the predicated sign accumulation, session 4) and the input gradient where that
+            # accumulation applies (|x - w|-type terms: 0.49 ms against the portable 0.575; with the
+            # selects it was 0.63), "1" both kernels, "0" neither. Two-weight ops stay portable.
             mode = tuning.env("LAMBDACONV_GLUON_BWD", "auto")
             base = reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
-            fast = base and mode == "1"
+            fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
             fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
             if need_x:
                 gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)

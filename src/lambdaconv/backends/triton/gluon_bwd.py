@@ -5,8 +5,12 @@ the same two barriers per step (measured on an H100 at N16 C64 O64 56x56, adder:
 1.35 ms, input gradient 0.95 ms; the generic gradient code is ~10.5 instructions per tap, a floor of
 ~0.6 ms each at the CUDA-core rate). Session 3 (gradcode terms, offsets without runtime terms,
 register cap): the weight gradient here 0.80 ms against the portable 1.25, the input gradient 0.63
-against 0.575, so by default (LAMBDACONV_GLUON_BWD=auto) only the weight gradient of one-weight ops
-runs here; "1" runs both, "0" neither. `python benchmarks/sass.py --kernel gw` counts their loops. Here:
+against 0.575. Session 4: Nsight Compute showed both backward kernels limited by the ALU pipe
+(75-80% busy: the sign term's compares and selects; that pipe has half the FMA pipe's rate), so
+|x - w|-type terms accumulate by predicated adds (gradcode.branches, _sgn_acc): weight gradient
+0.73 ms, input gradient 0.49 (portable 0.575). By default (LAMBDACONV_GLUON_BWD=auto) the weight
+gradient of one-weight ops and the input gradient where those adds apply run here; "1" runs both
+for every sum-type op, "0" neither. `python benchmarks/sass.py --kernel gw` counts their loops. Here:
 
 - _bwd_x_gluon: gx[m, c] = sum over (tap t, out channel o) of gs[m, o, t] * d op/dx(x[m, c], w[o, c, t]),
   an implicit GEMM laid out as the forward (3-D layout [BLOCK_M, BLOCK_K, BLOCK_C], K = out
@@ -73,7 +77,7 @@ $GEOMETRY
     if CG % BLOCK_C != 0:  # clamped only where needed: a clamp hides the contiguity (no 16-byte loads)
         offs_cw = gl.minimum(offs_cw, CG - 1)
     w_off = g * (T * OG * CG) + gl.expand_dims(offs_kw * CG, 1) + gl.expand_dims(offs_cw, 0)  # (G, T, OG, CG)
-    acc = gl.zeros([BLOCK_M, BLOCK_C], gl.float32, LX)
+$ACC_INIT
     # out-channel blocks outer, the taps unrolled inside: each tap's shift is a constant, so the
     # loads take immediate offsets and ptxas issues the next tap's loads during this tap's arithmetic
     for o0 in range(0, OG, BLOCK_K):
@@ -85,7 +89,8 @@ $GEOMETRY
                                                   + (KW - 1 - t % KW) * DW)), 2)  # [BLOCK_M, BLOCK_K, 1]
 $W_LOADS
 $OP_CODE
-            acc += gl.sum($TERM, axis=1)
+$ACC_STEP
+$ACC_FINISH
     offs_c = gl.expand_dims(offs_cx, 0)
     mask = gl.expand_dims(offs_mx < n_rows, 1) & (offs_c < CG)
     gl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -186,46 +191,110 @@ def _geometry() -> str:
     return T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr")
 
 
-def source_x(spec):
-    """_bwd_x_gluon text for a sum-type op, or None (its d/dx must depend on a weight)."""
+SGN_ACC = """
+
+@gluon.jit
+def _sgn_acc(acc, a, b, pa, pb, pc):
+    # acc + (pa if a > b else pb if a < b else pc), see gradcode.branches
+    return gl.inline_asm_elementwise("$PTX", "=f,0,f,f,f,f,f", [acc, a, b, pa, pb, pc],
+                                     dtype=gl.float32, is_pure=True, pack=1)
+"""
+
+
+def sgn_enabled(kernel: str) -> bool:
+    """The predicated sign accumulation (gradcode.branches) in the Gluon backward `kernel` ("x" or
+    "w"). LAMBDACONV_GLUON_SGN: "1" both (default), "0" neither, "x" / "w" that kernel only: the
+    plain selects otherwise (comparisons, sweeps)."""
+    v = os.environ.get("LAMBDACONV_GLUON_SGN", SGN_DEFAULT)
+    return v == "1" or v == kernel
+
+
+_X_SGN: dict = {}
+
+
+def x_uses_sgn(spec) -> bool:
+    """True if the Gluon input gradient of spec accumulates by predicated sign adds (then it beats
+    the portable kernel: the default picks it)."""
+    if not sgn_enabled("x"):
+        return False
+    v = _X_SGN.get(spec)
+    if v is None:
+        v = _X_SGN[spec] = gradcode.branches(gradcode.term(spec.partials()[0])[0]) is not None
+    return v
+
+
+def _emit_terms(terms, names, sgn: bool):
+    """(code, [(kind, args)]) for the terms: ("sgn", the 5 names of _sgn_acc's operands) where
+    gradcode.branches applies, else ("term", the term's source)."""
     from .codegen import emit
+    exprs, spans = [], []
+    for t, sel in terms:
+        br = gradcode.branches(t) if sgn and not sel else None
+        spans.append((len(exprs), br is not None, sel))
+        exprs += list(br) if br is not None else [t]
+    code, outs = emit(exprs, "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
+    parts = []
+    for j, is_sgn, sel in spans:
+        ops = outs[j:j + 5]
+        if is_sgn and all(o.isidentifier() for o in ops):
+            parts.append(("sgn", ops))
+        elif is_sgn:  # a constant operand (not seen in practice): the where form, printed here
+            return _emit_terms(terms, names, False)
+        else:
+            parts.append(("term", gradcode.value(outs[j], sel, "gl")))
+    return code, outs, parts
+
+
+def _head(spec, what: str, parts) -> str:
+    text = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=what)
+    if any(k == "sgn" for k, _ in parts):
+        text += Template(SGN_ACC).substitute(PTX=gradcode.SGN_ACC_PTX)
+    return text
+
+
+def source_x(spec, sgn: bool = True):
+    """_bwd_x_gluon text for a sum-type op, or None (its d/dx must depend on a weight)."""
     names = spec.weight_names
     px = spec.partials()[0]
-    tx, sel = gradcode.term(px)
-    code, (out,) = emit([tx], "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
-    if not _ok(code, [out], [px], "weight"):
+    code, outs, parts = _emit_terms([gradcode.term(px)], names, sgn)
+    if not _ok(code, outs, [px], "weight"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
-    head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE="sum (input gradient)")
-    return head + Template(BWD_X).substitute(
+    kind, arg = parts[0]
+    if kind == "sgn":  # per-thread partial sums for each of its BLOCK_K out channels, summed at the end
+        acc = ("    acc3 = gl.zeros([BLOCK_M, BLOCK_K, BLOCK_C], gl.float32, L3)",
+               f"            acc3 = _sgn_acc(acc3, {', '.join(arg)})", "    acc = gl.sum(acc3, axis=1)")
+    else:
+        acc = ("    acc = gl.zeros([BLOCK_M, BLOCK_C], gl.float32, LX)", f"            acc += gl.sum({arg}, axis=1)", "")
+    return _head(spec, "sum (input gradient)", parts) + Template(BWD_X).substitute(
         W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
         W_LOADS="\n".join(W_LOAD_X.format(i=i) for i in range(len(names))), OP_CODE=code,
-        TERM=gradcode.value(out, sel, "gl"))
+        ACC_INIT=acc[0], ACC_STEP=acc[1], ACC_FINISH=acc[2])
 
 
-def source_w(spec, need_w):
+def source_w(spec, need_w, sgn: bool = True):
     """_bwd_w_gluon text for the weights in need_w, or None (each d/dw must depend on x)."""
-    from .codegen import emit
     names = spec.weight_names
     wanted = [p for p, k in zip(spec.partials()[1:], need_w) if k]
-    terms = [gradcode.term(p) for p in wanted]
     gw_names = [n for n, k in zip(names, need_w) if k]
-    code, outs = emit([t for t, _ in terms], "xv",
-                      {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
-    if not wanted or not _ok(code, outs, wanted, "input"):
+    if not wanted:
+        return None
+    code, outs, parts = _emit_terms([gradcode.term(p) for p in wanted], names, sgn)
+    if not _ok(code, outs, wanted, "input"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
-    head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE="sum (weight gradient)")
-    return head + Template(BWD_W).substitute(
+    acc = "\n".join(f"gw_{i} = _sgn_acc(gw_{i}, {', '.join(a)})" if k == "sgn" else GW_ACC.strip().format(i=i, term=a)
+                    for i, (k, a) in enumerate(parts))
+    return _head(spec, "sum (weight gradient)", parts) + Template(BWD_W).substitute(
         W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
         GW_ARGS="\n".join(GW_ARG.format(i=i, name=n) for i, n in enumerate(gw_names)),
         W_LOADS="\n".join(W_LOAD_W.format(i=i) for i in range(len(names))),
         GW_INIT=_indent("\n".join(GW_INIT.strip().format(i=i) for i in range(len(gw_names))), 4),
-        OP_CODE=code, GW_ACC=_indent("\n".join(GW_ACC.strip().format(i=i, term=gradcode.value(o, sel, "gl"))
-                                 for i, (o, (_, sel)) in enumerate(zip(outs, terms))), 12),
+        OP_CODE=code, GW_ACC=_indent(acc, 12),
         GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
 
 
+SGN_DEFAULT = "1"  # where the predicated sign accumulation is used (sgn_enabled)
 GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
 # Session 3 on the H100 (adder, N16 C64 O64 56x56; benchmarks/gpu_bwd_sweep.py): 1.08-1.12 ms before
 # the offsets were freed of runtime terms; then 0.911 with 2 row blocks per iteration, 0.821 capped at
@@ -260,7 +329,8 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
     from . import gluon
     if any(k[s] != 1 for s in ("SD", "SH", "SW")) or k["IGNORE"]:
         return False
-    mod = gluon.load_once((spec, "bwd_x"), lambda: source_x(spec))
+    sgn = sgn_enabled("x")
+    mod = gluon.load_once((spec, "bwd_x", sgn), lambda: source_x(spec, sgn))
     if mod is None:
         return False
     # zero-pad gs to the full-convolution size: output q = i + pad - k * dil sits at i + (K-1-k) * dil
@@ -298,7 +368,8 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     from . import gluon
     if k["IGNORE"]:
         return None
-    mod = gluon.load_once((spec, "bwd_w", tuple(need_w)), lambda: source_w(spec, need_w))
+    sgn = sgn_enabled("w")
+    mod = gluon.load_once((spec, "bwd_w", tuple(need_w), sgn), lambda: source_w(spec, need_w, sgn))
     if mod is None:
         return None
     from triton.experimental.gluon import language as gl

@@ -81,6 +81,36 @@ def term(partial: Expr, scaled_gs: bool = False) -> tuple:
     return partial, True
 
 
+def branches(t: Expr):
+    """(a, b, A, B, C) when the term t is where(a - b > 0, A, where(a - b < 0, B, C)) with A, B, C
+    functions of gs alone (sign's rewrite above: the adder's and every |a - b|'s gradients), else
+    None. Such a term is accumulated as acc + (A if a > b else B if a < b else C), comparing a and
+    b themselves: a - b > 0 exactly when a > b (with subnormals, distinct floats never subtract to
+    0; NaN and inf - inf fail both compares, as they fail both of u's). The Gluon backward kernels
+    then use two compares (ALU pipe) and three predicated adds (FMA pipe) instead of two compares,
+    two selects (ALU) and an add: on an H100 the ALU pipe, half the FMA pipe's rate, was 75-80%
+    busy and the limit of both backward kernels (Nsight Compute, session 4)."""
+    if t.op != "where" or t.args[0].op != "gt" or t.args[2].op != "where":
+        return None
+    (u, z1), A, (c2, B, C) = t.args[0].args, t.args[1], t.args[2].args
+    if c2.op != "lt" or c2.args[0] is not u or u.op != "sub" or not (_is_zero(z1) and _is_zero(c2.args[1])):
+        return None
+    if not (_of_gs(A) and _of_gs(B) and _of_gs(C)):
+        return None
+    return u.args[0], u.args[1], A, B, C
+
+
+def _is_zero(e: Expr) -> bool:
+    return e.is_const and e.value == 0.0
+
+
+# acc + (pa if a > b else pb if a < b else pc): exactly one of the three predicates holds, so the
+# output is always written; the adds are IEEE round-to-nearest as triton's own
+SGN_ACC_PTX = ("{ .reg .pred %lcgt, %lclt, %lceq; "
+               "setp.gt.f32 %lcgt, $2, $3; setp.lt.f32 %lclt, $2, $3; setp.equ.f32 %lceq, $2, $3; "
+               "@%lcgt add.f32 $0, $0, $4; @%lclt add.f32 $0, $0, $5; @%lceq add.f32 $0, $0, $6; }")
+
+
 def value(out: str, select: bool, lang: str = "tl") -> str:
     """The source of one tap's term, given the printed name of term()'s expression."""
     return f"{lang}.where(gs != 0.0, gs * ({out}), 0.0)" if select else out
