@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=int, default=0, help="index into gluon.CONFIGS (fwd)")
     ap.add_argument("--u", type=int, default=gluon_bwd.GW_ROWS_U, help="row blocks per iteration (gw)")
     ap.add_argument("--warps", default="4,2", help="warps along O,C (gw)")
+    ap.add_argument("--tile", default="4,8", help="partial sums per thread along O,C (gw)")
     ap.add_argument("--maxnreg", type=int, default=None)
     a = ap.parse_args(argv)
     spec = resolve_op(a.op)
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         from lambdaconv.backends.triton.kernels import load
         need = tuple(True for _ in spec.weight_names)
         mod = load(gluon_bwd.source_w(spec, need), False)
-        to, tc = 4, 8
+        to, tc = map(int, a.tile.split(","))
         wo, wc = map(int, a.warps.split(","))
         layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
         g.update(BLOCK_O=to * wo, BLOCK_R=32, BLOCK_C=tc * wc, ROWS_U=a.u, L3=layout)

@@ -232,11 +232,13 @@ def test_gluon_backward_full_tiles(op, wn, u, monkeypatch):
     check(2, op, None, wnames=wn, n=3, c=64, o=32, size=13, padding=1)
 
 
+@pytest.mark.parametrize("nan_gy", [False, True])
 @pytest.mark.parametrize("sgn", ["0", "1"])
-def test_gluon_backward_sign_ties_nan(sgn, monkeypatch):
-    # |x - w|'s gradients with many ties (small integers: sign 0 there), NaN and inf inputs and NaN
-    # upstream gradients, through the predicated sign accumulation ("1") and the selects ("0"):
-    # values and NaN / inf patterns as the float64 reference's
+def test_gluon_backward_sign_ties_nan(sgn, nan_gy, monkeypatch):
+    # |x - w|'s gradients with many ties (small integers: sign 0 there), NaN and inf inputs, and a
+    # NaN upstream gradient (the kernels' exact loop) or none (their fast loop: ties add nothing),
+    # through the predicated sign accumulation ("1") and the selects ("0"): values and NaN / inf
+    # patterns as the float64 reference's
     monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
     monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
     monkeypatch.setenv("LAMBDACONV_GLUON_SGN", sgn)
@@ -245,7 +247,8 @@ def test_gluon_backward_sign_ties_nan(sgn, monkeypatch):
     w = torch.randint(-2, 3, (32, 16, 3, 3), device="cuda", generator=g).float()
     x[0, 3, 4, 4], x[1, 5, 0, 0] = float("nan"), float("inf")
     gy = torch.randint(-3, 4, (2, 32, 9, 9), device="cuda", generator=g).float()
-    gy[1, 7, 3, 3] = float("nan")
+    if nan_gy:
+        gy[1, 7, 3, 3] = float("nan")
     grads = []
     for backend, dev, dt in (("triton", "cuda", torch.float32), ("reference", "cpu", torch.float64)):
         xr, wr = x.to(dev, dt).requires_grad_(), w.to(dev, dt).requires_grad_()

@@ -220,10 +220,11 @@ class TritonConv(torch.autograd.Function):
             base = reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
             fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
             fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
+            fin = gluon_bwd.finite_flag(gs) if fast or fast_w else None  # one reduction for both kernels
             if need_x:
                 gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)
                 rows = xk_c.numel() // g.in_channels
-                if rows and not (fast and gluon_bwd.grad_x(spec, xk_c, wb, gs, gxk, k, rows, g.groups)):
+                if rows and not (fast and gluon_bwd.grad_x(spec, xk_c, wb, gs, gxk, k, rows, g.groups, fin)):
                     tuning.launch("bwd_x", mod._bwd_x, (xk_c, *wb, gs, yb, gxk, rows), k, dev, rows,
                                   g.cin_per_group, g.groups, interp, p.k_key)
             if True in need_w:
@@ -231,7 +232,7 @@ class TritonConv(torch.autograd.Function):
                 if fast_w and g.batch * g.positions:
                     xp = pad_input(xk_c, g).contiguous() if in_pad else xk_c
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
-                                             g.groups, tuning.sm_count(dev))
+                                             g.groups, tuning.sm_count(dev), fin)
                 if slabs is not None:
                     gws.update(_slabs_to_grads(slabs, g, names, need_w, p.slab_view))
                 else:

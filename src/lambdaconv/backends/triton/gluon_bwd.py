@@ -41,6 +41,7 @@ def _bwd_x_gluon(
     x_ptr,  # kernel input (N, C, ID, IH, IW), contiguous
 $W_ARGS
     gsp_ptr,  # fp32 (N, O, ID + (KD-1)*DD, IH + (KH-1)*DH, IW + (KW-1)*DW): gs zero-padded (full conv)
+    fin_ptr,  # fp32 scalar, the sum of gs: finite when gs has no inf / NaN (_sgn_acc2 applies then)
     gx_ptr,  # gradient of the kernel input, (N, C, ID, IH, IW)
     n_rows,  # N * ID * IH * IW
 $GEOMETRY
@@ -106,6 +107,7 @@ def _bwd_w_gluon(
     x_ptr,  # input padded by torch (N, C, ID, IH, IW) (PD = PH = PW = 0), contiguous
 $W_ARGS
     gs_ptr,  # fp32 (N, O, P): upstream gradient times the reduction's weight
+    fin_ptr,  # fp32 scalar, the sum of gs: finite when gs has no inf / NaN (_sgn_acc2 applies then)
 $GW_ARGS
     n_rows,  # N * P
     chunk,  # rows of the N * P range summed by one split
@@ -198,6 +200,13 @@ def _sgn_acc(acc, a, b, pa, pb, pc):
     # acc + (pa if a > b else pb if a < b else pc), see gradcode.branches
     return gl.inline_asm_elementwise("$PTX", "=f,0,f,f,f,f,f", [acc, a, b, pa, pb, pc],
                                      dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _sgn_acc2(acc, a, b, pa, pb):
+    # acc + (pa if a > b else pb if a < b else 0): the ties' term is 0 when gs is finite
+    return gl.inline_asm_elementwise("$PTX2", "=f,0,f,f,f,f", [acc, a, b, pa, pb],
+                                     dtype=gl.float32, is_pure=True, pack=1)
 """
 
 
@@ -230,25 +239,51 @@ def _emit_terms(terms, names, sgn: bool):
     exprs, spans = [], []
     for t, sel in terms:
         br = gradcode.branches(t) if sgn and not sel else None
-        spans.append((len(exprs), br is not None, sel))
+        spans.append((len(exprs), br is not None and gradcode.zero_if_finite(br[4]), br is not None, sel))
         exprs += list(br) if br is not None else [t]
     code, outs = emit(exprs, "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
     parts = []
-    for j, is_sgn, sel in spans:
+    for j, zero, is_sgn, sel in spans:
         ops = outs[j:j + 5]
         if is_sgn and all(o.isidentifier() for o in ops):
-            parts.append(("sgn", ops))
+            parts.append(("sgn", ops, zero))
         elif is_sgn:  # a constant operand (not seen in practice): the where form, printed here
             return _emit_terms(terms, names, False)
         else:
-            parts.append(("term", gradcode.value(outs[j], sel, "gl")))
+            parts.append(("term", gradcode.value(outs[j], sel, "gl"), False))
     return code, outs, parts
+
+
+def _two_loops(text: str, start: str, end: str, swaps) -> str:
+    """text with its main loop (from the line `start` to the line before `end`) run in two
+    versions: with each (exact, fast) of swaps replaced (_sgn_acc2: ties add nothing) when the
+    sum of gs is finite, else as written (exact for inf / NaN gradients too); unchanged without
+    swaps (some sign term whose tie value is not 0 for finite gs, or none)."""
+    if not swaps:
+        return text
+    i, j = text.index(start), text.index(end)
+    loop = fast = text[i:j]
+    for exact, quick in swaps:
+        assert exact in fast
+        fast = fast.replace(exact, quick)
+    return (text[:i] + "    fin = gl.load(fin_ptr)\n    if fin - fin == 0.0:\n" + _indent(fast, 4) + "\n    else:\n"
+            + _indent(loop, 4) + "\n" + text[j:])
+
+
+def _sgn_calls(acc: str, ops, zero: bool):
+    """(exact call, fast call or None) accumulating into acc."""
+    return (f"{acc} = _sgn_acc({acc}, {', '.join(ops)})",
+            f"{acc} = _sgn_acc2({acc}, {', '.join(ops[:4])})" if zero else None)
+
+
+def _swaps(calls):
+    return [c for c in calls] if calls and all(f is not None for _, f in calls) else []
 
 
 def _head(spec, what: str, parts) -> str:
     text = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=what)
-    if any(k == "sgn" for k, _ in parts):
-        text += Template(SGN_ACC).substitute(PTX=gradcode.SGN_ACC_PTX)
+    if any(p[0] == "sgn" for p in parts):
+        text += Template(SGN_ACC).substitute(PTX=gradcode.SGN_ACC_PTX, PTX2=gradcode.SGN_ACC2_PTX)
     return text
 
 
@@ -260,16 +295,21 @@ def source_x(spec, sgn: bool = True):
     if not _ok(code, outs, [px], "weight"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
-    kind, arg = parts[0]
+    kind, arg, zero = parts[0]
+    calls = []
     if kind == "sgn":  # per-thread partial sums for each of its BLOCK_K out channels, summed at the end
-        acc = ("    acc3 = gl.zeros([BLOCK_M, BLOCK_K, BLOCK_C], gl.float32, L3)",
-               f"            acc3 = _sgn_acc(acc3, {', '.join(arg)})", "    acc = gl.sum(acc3, axis=1)")
+        calls = [_sgn_calls("acc3", arg, zero)]
+        acc = ("    acc3 = gl.zeros([BLOCK_M, BLOCK_K, BLOCK_C], gl.float32, L3)", " " * 12 + calls[0][0],
+               "    acc = gl.sum(acc3, axis=1)")
     else:
         acc = ("    acc = gl.zeros([BLOCK_M, BLOCK_C], gl.float32, LX)", f"            acc += gl.sum({arg}, axis=1)", "")
-    return _head(spec, "sum (input gradient)", parts) + Template(BWD_X).substitute(
+    text = Template(BWD_X).substitute(
         W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
         W_LOADS="\n".join(W_LOAD_X.format(i=i) for i in range(len(names))), OP_CODE=code,
         ACC_INIT=acc[0], ACC_STEP=acc[1], ACC_FINISH=acc[2])
+    text = _two_loops(text, "    for o0 in range(0, OG, BLOCK_K):", "    offs_c = gl.expand_dims(offs_cx, 0)",
+                      _swaps(calls))
+    return _head(spec, "sum (input gradient)", parts) + text
 
 
 def source_w(spec, need_w, sgn: bool = True):
@@ -283,15 +323,21 @@ def source_w(spec, need_w, sgn: bool = True):
     if not _ok(code, outs, wanted, "input"):
         return None
     code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
-    acc = "\n".join(f"gw_{i} = _sgn_acc(gw_{i}, {', '.join(a)})" if k == "sgn" else GW_ACC.strip().format(i=i, term=a)
-                    for i, (k, a) in enumerate(parts))
-    return _head(spec, "sum (weight gradient)", parts) + Template(BWD_W).substitute(
+    calls = {i: _sgn_calls(f"gw_{i}", a, z) for i, (k, a, z) in enumerate(parts) if k == "sgn"}
+    acc = "\n".join(calls[i][0] if i in calls else GW_ACC.strip().format(i=i, term=a)
+                    for i, (k, a, _) in enumerate(parts))
+    text = Template(BWD_W).substitute(
         W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
         GW_ARGS="\n".join(GW_ARG.format(i=i, name=n) for i, n in enumerate(gw_names)),
         W_LOADS="\n".join(W_LOAD_W.format(i=i) for i in range(len(names))),
         GW_INIT=_indent("\n".join(GW_INIT.strip().format(i=i) for i in range(len(gw_names))), 4),
         OP_CODE=code, GW_ACC=_indent(acc, 12),
         GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
+    # every weight's term a sign term: the fast loop when gs is finite
+    swaps = _swaps(list(calls.values())) if len(calls) == len(parts) else []
+    text = _two_loops(text, "    for m0 in range(m_start, m_end, BLOCK_R * ROWS_U):",
+                      "    mask = gl.expand_dims(offs_ow < OG, 1)", swaps)
+    return _head(spec, "sum (weight gradient)", parts) + text
 
 
 SGN_DEFAULT = "1"  # where the predicated sign accumulation is used (sgn_enabled)
@@ -300,6 +346,7 @@ GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
 # the offsets were freed of runtime terms; then 0.911 with 2 row blocks per iteration, 0.821 capped at
 # 128 registers (2 programs per SM instead of 1), 0.804 with 1 row block capped. The cap is for one
 # weight only: two weights' tiles and sums alone take 128 registers.
+GW_TILE = "4,8,4,2"  # TO, TC, WO, WC of the weight gradient (grad_w)
 GW_ROWS_U = 1  # blocks of rows per loop iteration (env LAMBDACONV_GLUON_GW_U for sweeps)
 GW_MAXNREG = 128  # register cap of the one-weight weight gradient (env LAMBDACONV_GLUON_GW_MAXNREG)
 
@@ -322,8 +369,16 @@ def _call(mod, name, grid, args, kw) -> bool:
     return True
 
 
-def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
-    """gx through _bwd_x_gluon (stride 1); False: not applicable, run the portable kernel."""
+def finite_flag(gs):
+    """The sum of gs as a 0-d tensor (no sync): finite exactly when gs has no inf / NaN (a sum of
+    finite values that overflows only selects the exact loop). The kernels read it to pick their
+    loop (_two_loops)."""
+    return gs.sum()
+
+
+def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> bool:
+    """gx through _bwd_x_gluon (stride 1); False: not applicable, run the portable kernel.
+    fin: finite_flag(gs), where the caller has it."""
     import torch.nn.functional as F
 
     from . import gluon
@@ -347,7 +402,8 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int) -> bool:
         bk //= 2
     cfg = (bm, bc, bk) + X_CONFIG[3:]
     grid = ((rows + bm - 1) // bm, (k["CG"] + bc - 1) // bc, groups)
-    return _call(mod, "_bwd_x_gluon", grid, (xk, *wb, gsp, gxk, rows),
+    fin = finite_flag(gs) if fin is None else fin
+    return _call(mod, "_bwd_x_gluon", grid, (xk, *wb, gsp, fin, gxk, rows),
                  dict(k, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg), num_warps=cfg[7] * cfg[8],
                       **_maxnreg("GX")))
 
@@ -359,7 +415,7 @@ def _maxnreg(which: str, default=None) -> dict:
     return {"maxnreg": v} if v else {}
 
 
-def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
+def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int, fin=None):
     """Weight-gradient slabs through _bwd_w_gluon; None: not applicable (run the portable kernel).
     xp is the input padded by torch and k its geometry (no in-kernel padding). Returns the slabs
     (SPLITS, G, T, OG, CG) of each wanted weight."""
@@ -374,7 +430,8 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
         return None
     from triton.experimental.gluon import language as gl
     n_w = sum(1 for v in need_w if v)
-    to, tc, wo, wc = 4, 8, 4, 2  # [TO, TC] partial sums per thread and weight
+    # [TO, TC] partial sums per thread and weight, warps along O and C (env "TO,TC,WO,WC" for sweeps)
+    to, tc, wo, wc = (int(v) for v in os.environ.get("LAMBDACONV_GLUON_GW_TILE", GW_TILE).split(","))
     rows_u = int(os.environ.get("LAMBDACONV_GLUON_GW_U", GW_ROWS_U))
     bo, bc, br = to * wo, tc * wc, 32
     layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
@@ -386,7 +443,8 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int):
     splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br)))
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]
-    ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, *slabs, rows, chunk),
+    fin = finite_flag(gs) if fin is None else fin
+    ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, fin, *slabs, rows, chunk),
                dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, ROWS_U=rows_u, L3=layout, num_warps=wo * wc,
                                 **_maxnreg("GW", GW_MAXNREG if n_w == 1 and len(wb) == 1 else None)))
     return slabs if ok else None

@@ -111,6 +111,19 @@ SGN_ACC_PTX = ("{ .reg .pred %lcgt, %lclt, %lceq; "
                "@%lcgt add.f32 $0, $0, $4; @%lclt add.f32 $0, $0, $5; @%lceq add.f32 $0, $0, $6; }")
 
 
+# the same without the third case, for C that is 0 wherever gs is finite (zero_if_finite): the
+# kernels run it when the sum of gs is finite (no inf / NaN in gs), the form above otherwise
+SGN_ACC2_PTX = ("{ .reg .pred %lcgt, %lclt; setp.gt.f32 %lcgt, $2, $3; setp.lt.f32 %lclt, $2, $3; "
+                "@%lcgt add.f32 $0, $0, $4; @%lclt add.f32 $0, $0, $5; }")
+
+
+def zero_if_finite(e: Expr) -> bool:
+    """True if e (a function of gs) is +-0 wherever gs is finite: sign's rewrite's g * 0."""
+    while e.op == "neg":
+        e = e.args[0]
+    return e.op == "mul" and any(_is_zero(a) for a in e.args)
+
+
 def value(out: str, select: bool, lang: str = "tl") -> str:
     """The source of one tap's term, given the printed name of term()'s expression."""
     return f"{lang}.where(gs != 0.0, gs * ({out}), 0.0)" if select else out
