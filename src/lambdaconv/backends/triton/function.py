@@ -145,6 +145,7 @@ class TritonConv(torch.autograd.Function):
         p = tuning.memo(_PLANS, key, lambda: _plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias,
                                                     save_aux))
         mod, kw, y_shape, rows = p.mod, p.kw, p.y_shape, p.rows
+        xp = None
         xk = (x if p.in_pad else pad_input(x, g)).contiguous()
         wf = [_w_layout(w, g, _FWD_LAYOUT, p.fwd_view, p.full) for w in wts]
         y = x.new_empty(y_shape)
@@ -158,11 +159,13 @@ class TritonConv(torch.autograd.Function):
                 tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups, interp,
                               p.kw_key)
 
-            if reduce == "logsumexp" or not _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, aux, rows,
-                                                           portable, interp):
+            if reduce != "logsumexp":
+                xp = _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp)
+            if xp is None:
                 portable()
         if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
-            ctx.save_for_backward(x, aux, *wts)
+            # the Gluon forward's padded input, for the weight gradient (one F.pad less per step)
+            ctx.save_for_backward(x, aux, xp if True in need_w else None, *wts)
             ctx.meta = (meta, p, need_w, interp)
             ctx.bias_dtype = None if bias is None else bias.dtype
         return y
@@ -170,7 +173,7 @@ class TritonConv(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, aux, *wts = ctx.saved_tensors
+        x, aux, xp_saved, *wts = ctx.saved_tensors
         (spec, g, reduce, names), p, need_w, interp = ctx.meta
         mod, k, in_pad = p.mod, p.k, p.in_pad
         need_x = ctx.needs_input_grad[0]
@@ -230,7 +233,7 @@ class TritonConv(torch.autograd.Function):
             if True in need_w:
                 slabs = None
                 if fast_w and g.batch * g.positions:
-                    xp = pad_input(xk_c, g).contiguous() if in_pad else xk_c
+                    xp = xp_saved if xp_saved is not None else pad_input(xk_c, g).contiguous() if in_pad else xk_c
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
                                              g.groups, tuning.sm_count(dev), fin)
                 if slabs is not None:
@@ -279,26 +282,27 @@ def gluon_wanted(device, interp=None) -> bool:
     return cap >= (8, 0)
 
 
-def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp) -> bool:
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp):
     """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
-    applies; False: run the portable one. The Gluon kernel takes the input padded by torch ("zeros"
-    included: its loads then need no masks). aux: max/min's winning taps (training), or None."""
+    applies, returning the padded input it read; None: run the portable one. The Gluon kernel takes
+    the input padded by torch ("zeros" included: its loads then need no masks). aux: max/min's
+    winning taps (training), or None."""
     if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
-        return False
+        return None
     from . import gluon
 
     if x.dtype == torch.float16 and all(w.dtype == x.dtype for w in wf) and gluon.half_sum(spec, reduce):
         compute = "tl.float16"
     gmod = gluon.module(spec, reduce, compute)
     if gmod is None:
-        return False
+        return None
     xp = pad_input(x, g).contiguous()
     args = (xp, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
     has_bias, save = bias is not None, aux is not None
     kw = tuning.memo(_PLANS, ("gluon", g, has_bias, save),
                      lambda: dict(consts(g, False), HAS_BIAS=has_bias, SAVE_AUX=save))
     gluon.forward(gmod, args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable)
-    return True
+    return xp
 
 
 def triton_cdiv(a: int, b: int) -> int:

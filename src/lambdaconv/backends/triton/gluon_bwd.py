@@ -27,10 +27,9 @@ missing taps only where the partial may be inf/NaN). Anything the kernels do not
 """
 from __future__ import annotations
 
-import os
 from string import Template
 
-from . import gradcode
+from . import gradcode, tuning
 from . import templates as T
 from .gluon import GLUON_HEADER, _HELPERS, _indent
 
@@ -214,7 +213,7 @@ def sgn_enabled(kernel: str) -> bool:
     """The predicated sign accumulation (gradcode.branches) in the Gluon backward `kernel` ("x" or
     "w"). LAMBDACONV_GLUON_SGN: "1" both (default), "0" neither, "x" / "w" that kernel only: the
     plain selects otherwise (comparisons, sweeps)."""
-    v = os.environ.get("LAMBDACONV_GLUON_SGN", SGN_DEFAULT)
+    v = tuning.env("LAMBDACONV_GLUON_SGN", SGN_DEFAULT)
     return v == "1" or v == kernel
 
 
@@ -361,7 +360,7 @@ def _call(mod, name, grid, args, kw) -> bool:
     try:
         getattr(mod, name)[grid](*args, **kw)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
-        if os.environ.get("LAMBDACONV_GLUON") == "strict":
+        if tuning.env("LAMBDACONV_GLUON") == "strict":
             raise
         gluon._failed.add(mod)
         gluon._warn(err)
@@ -397,7 +396,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> 
     n = gs.shape[0]
     gsp = F.pad(gs.reshape(n, gs.shape[1], k["OD"], k["OH"], k["OW"]), pads).contiguous()
     bm, bc, bk = X_CONFIG[:3]
-    bk = int(os.environ.get("LAMBDACONV_GLUON_GX_BK", bk))  # out channels per thread and step (sweeps)
+    bk = int(tuning.env("LAMBDACONV_GLUON_GX_BK", bk))  # out channels per thread and step (sweeps)
     while k["OG"] % bk:
         bk //= 2
     cfg = (bm, bc, bk) + X_CONFIG[3:]
@@ -410,7 +409,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> 
 
 def _maxnreg(which: str, default=None) -> dict:
     """{"maxnreg": n}: LAMBDACONV_GLUON_<which>_MAXNREG ("0": no cap), else the default (None: no cap)."""
-    v = os.environ.get(f"LAMBDACONV_GLUON_{which}_MAXNREG")
+    v = tuning.env(f"LAMBDACONV_GLUON_{which}_MAXNREG")
     v = default if v is None else (int(v) or None)
     return {"maxnreg": v} if v else {}
 
@@ -431,15 +430,15 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int, 
     from triton.experimental.gluon import language as gl
     n_w = sum(1 for v in need_w if v)
     # [TO, TC] partial sums per thread and weight, warps along O and C (env "TO,TC,WO,WC" for sweeps)
-    to, tc, wo, wc = (int(v) for v in os.environ.get("LAMBDACONV_GLUON_GW_TILE", GW_TILE).split(","))
-    rows_u = int(os.environ.get("LAMBDACONV_GLUON_GW_U", GW_ROWS_U))
+    to, tc, wo, wc = (int(v) for v in tuning.env("LAMBDACONV_GLUON_GW_TILE", GW_TILE).split(","))
+    rows_u = int(tuning.env("LAMBDACONV_GLUON_GW_U", GW_ROWS_U))
     bo, bc, br = to * wo, tc * wc, 32
     layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
     og, cg, taps = k["OG"], k["CG"], k["KD"] * k["KH"] * k["KW"]
     tiles = ((og + bo - 1) // bo) * ((cg + bc - 1) // bc)
     # Many programs per SM: with ~1 wave, the programs of a partial second wave ran alone and the
     # kernel took twice its work (run 2 of session 2: 1152 programs, 1.12 ms for adder).
-    target = int(os.environ.get("LAMBDACONV_GLUON_GW_PER_SM", GW_PER_SM)) * sms
+    target = int(tuning.env("LAMBDACONV_GLUON_GW_PER_SM", GW_PER_SM)) * sms
     splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br)))
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]

@@ -26,11 +26,22 @@ CANDIDATES = {
 _SECOND = {"fwd": "BLOCK_N", "bwd_x": "BLOCK_C"}
 
 
+_ENV_DATA = getattr(os.environ, "_data", None)  # os._Environ's encoded dict (CPython, POSIX)
+_ENV_KEYS: dict = {}
+
+
 def env(name: str, default=None):
     """os.environ.get(name, default), read afresh on every call (tests set these between calls).
-    Plain os.environ: reading os._Environ's private dict saved ~0.5 us per unset name, not worth
-    depending on CPython internals (as decompose.py decided for autograd's C entry point)."""
-    return os.environ.get(name, default)
+    Through os._Environ's encoded dict where there is one: a triton fwd+bwd reads ~16 settings,
+    and on the GPU machine's host os.environ.get cost ~5 us each (cProfile, session 4), more than
+    some kernels there; a plain os.environ.get elsewhere."""
+    if _ENV_DATA is None:
+        return os.environ.get(name, default)
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        key = _ENV_KEYS[name] = os.environ.encodekey(name)
+    v = _ENV_DATA.get(key)
+    return default if v is None else os.environ.decodevalue(v)
 
 
 def interpreting() -> bool:
