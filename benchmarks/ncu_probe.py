@@ -57,6 +57,9 @@ def main() -> None:
         for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
             if e.device_time_total > 0:
                 print(f"  {e.device_time_total / 10 / 1e3:8.4f}  x{e.count / 10:g}  {e.key[:90]}")
+        from lambdaconv.backends.triton import gluon
+        for t in gluon.TUNE_LOG:  # the forward tuner's timings of each candidate
+            print("  tuned:", t)
         return
     torch.cuda.profiler.start()
     call()
