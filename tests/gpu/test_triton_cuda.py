@@ -291,3 +291,17 @@ def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
     r = lc.conv2d(x.double().cpu().requires_grad_(), op, {"weight": w.double().cpu()}, reduce=reduce,
                   backend="reference", **kw)
     assert rel(outs["strict"][0].cpu(), r) < 1e-6
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_fast_launch_repeated_calls(fast, monkeypatch):
+    # the second and later launches of a Gluon kernel skip Triton's argument binding (launch.py):
+    # repeated calls, a change of batch size (new ints) and of dtype, each against the reference
+    from lambdaconv.backends.triton import launch
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    monkeypatch.setenv("LAMBDACONV_FAST_LAUNCH", fast)
+    for n in (2, 2, 3, 2):
+        check(2, "adder", n=n, c=16, o=16, size=10, padding=1)
+    check(2, "adder", n=2, c=16, o=16, size=10, padding=1, dtype=torch.float16)
+    if fast == "1" and launch._OK:
+        assert launch._cache  # the fast path was taken

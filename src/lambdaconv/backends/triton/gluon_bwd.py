@@ -30,6 +30,7 @@ from __future__ import annotations
 from string import Template
 
 from . import gradcode, tuning
+from .launch import launch as fast_launch
 from . import templates as T
 from .gluon import GLUON_HEADER, _HELPERS, _indent
 
@@ -358,7 +359,7 @@ def _call(mod, name, grid, args, kw) -> bool:
     if mod is None or mod in gluon._failed:
         return False
     try:
-        getattr(mod, name)[grid](*args, **kw)
+        fast_launch(getattr(mod, name), grid, args, kw)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
         if tuning.env("LAMBDACONV_GLUON") == "strict":
             raise
