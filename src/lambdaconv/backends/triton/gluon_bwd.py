@@ -233,8 +233,9 @@ def x_uses_sgn(spec) -> bool:
 
 
 def _emit_terms(terms, names, sgn: bool):
-    """(code, [(kind, args)]) for the terms: ("sgn", the 5 names of _sgn_acc's operands) where
-    gradcode.branches applies, else ("term", the term's source)."""
+    """(code, outs, parts) for the terms, a part per term: ("sgn", the 5 names of _sgn_acc's
+    operands, whether the ties' operand is 0 for finite gs) where gradcode.branches applies, else
+    ("term", the term's source, False)."""
     from .codegen import emit
     exprs, spans = [], []
     for t, sel in terms:
@@ -277,7 +278,8 @@ def _sgn_calls(acc: str, ops, zero: bool):
 
 
 def _swaps(calls):
-    return [c for c in calls] if calls and all(f is not None for _, f in calls) else []
+    """The (exact, fast) replacements, or none unless every call has a fast form."""
+    return list(calls) if calls and all(f is not None for _, f in calls) else []
 
 
 def _head(spec, what: str, parts) -> str:
