@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     ap.add_argument("--dump", action="store_true")
     ap.add_argument("--config", type=int, default=0, help="index into gluon.CONFIGS (fwd)")
+    ap.add_argument("--cfg", default=None, help="a forward config tuple written out, instead of --config")
     ap.add_argument("--u", type=int, default=gluon_bwd.GW_ROWS_U, help="row blocks per iteration (gw)")
     ap.add_argument("--warps", default="4,2", help="warps along O,C (gw)")
     ap.add_argument("--tile", default="4,8", help="partial sums per thread along O,C (gw)")
@@ -119,11 +120,11 @@ def main(argv=None) -> int:
         text = gluon.source(spec, reduce, compute)
         from lambdaconv.backends.triton.kernels import load
         mod = load(text, False)
-        cfg = gluon.CONFIGS[a.config]
+        cfg = tuple(int(v) for v in a.cfg.split(",")) if a.cfg else gluon.CONFIGS[a.config]
         bm, bn, bk, tm, tn = cfg[:5]
         g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=gluon.layout(cfg),
                  K_MODE=cfg[-1])
-        sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype)
+        sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype, maxnreg=a.maxnreg)
         report(f"forward {a.op} {reduce} {a.dtype} config {cfg}", sass, tm * bk * tn, a.dump)
     elif a.kernel == "gx":
         from lambdaconv.backends.triton.kernels import load

@@ -339,7 +339,11 @@ CONFIGS = [
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 3),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 3),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # session 4: half the live x / w values of config 1 per step
+    (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps, with FWD_MAXNREG's cap 3 programs per SM
 ]
+# register caps per config (sass.py: config 8 at 168 registers spills 34 words per 2048 taps, at
+# 253 uncapped it runs 2 programs per SM): filled from measurements
+FWD_MAXNREG: dict = {}
 
 _failed = set()
 _modules: dict = {}
@@ -376,8 +380,12 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg) -> bool:
     bm, bn, bk = cfg[:3]
     grid = ((rows + bm - 1) // bm, (og + bn - 1) // bn, groups)
     try:
-        fast_launch(mod._fwd_gluon, grid, args, dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=layout(cfg),
-                                                     K_MODE=cfg[-1], num_warps=cfg[7] * cfg[8]))
+        opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=layout(cfg), K_MODE=cfg[-1], num_warps=cfg[7] * cfg[8])
+        cap = tuning.env("LAMBDACONV_GLUON_FWD_MAXNREG")  # a register cap for every config (sweeps)
+        cap = FWD_MAXNREG.get(cfg) if cap is None else (int(cap) or None)
+        if cap:
+            opts["maxnreg"] = cap
+        fast_launch(mod._fwd_gluon, grid, args, opts)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
         if tuning.env("LAMBDACONV_GLUON") == "strict":  # benchmarks and tests: fail loudly
             raise
