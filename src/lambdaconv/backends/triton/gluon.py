@@ -341,8 +341,8 @@ CONFIGS = [
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # session 4: half the live x / w values of config 1 per step
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps, with FWD_MAXNREG's cap 3 programs per SM
 ]
-# register caps per config (sass.py: config 8 at 168 registers spills 34 words per 2048 taps, at
-# 253 uncapped it runs 2 programs per SM): filled from measurements
+# register caps per config, from measurements: none helps yet (session 4, H100: config 8 capped at
+# 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped; its spills cost more)
 FWD_MAXNREG: dict = {}
 
 _failed = set()
