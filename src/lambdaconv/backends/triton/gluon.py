@@ -339,7 +339,7 @@ CONFIGS = [
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 3),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 3),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # session 4: half the live x / w values of config 1 per step
-    (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps, with FWD_MAXNREG's cap 3 programs per SM
+    (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps (0.189 ms; capped for 3 programs per SM: slower)
 ]
 # register caps per config, from measurements: none helps yet (session 4, H100: config 8 capped at
 # 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped; its spills cost more)
