@@ -14,7 +14,7 @@ small reductions over the weights. Exact at the borders:
             so it is a convolution of the validity mask with sum_c c(w)[o, c, k]; mean divides by
             the valid-tap count (the mask convolved with ones) instead of Cg*K.
 Gradients are torch autograd's through these calls, except in two autograd Functions that write
-the same chain rule with fewer kernels (_Stack, _AffineConv below; gradcheck-tested). Under
+the same chain rule with fewer kernels (_Stack below, AffineConv in affine_conv.py; gradcheck-tested). Under
 torch.compile both are skipped for plain aten ops, and without a graph to record (inference) they
 are called as plain functions.
 
@@ -32,8 +32,8 @@ once, into the low-precision stack.
 
 Speed: for T >= 2 terms the stack is one buffer in the conv dtype that each g_i writes into in
 place (no float32 intermediates, no cat copy), and its backward is one fused multiply-add per term,
-sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function, _AffineConv: its
-constant and the bias are one baddbmm, its gradients fused into the conv's. At small sizes the
+sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function (affine_conv.py):
+on CUDA its constant is one small kernel and every gradient after the conv's another. At small sizes the
 host time per call outweighs the kernels, so whatever is fixed per call signature (the _Recipe,
 the Functions' arguments) is decided once in runner(call), which functional.convnd keeps.
 """
@@ -52,6 +52,7 @@ from ..ir import OpSpec, partials, topo_order
 from ..ir.ops import OPS
 from ..ir.sympy_bridge import separate, value_at_zero
 from ..plan import plan_for
+from .affine_conv import AffineConv as _AffineConv, affine_cfg as _affine_cfg, fused as _fused
 from .registry import Backend, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -235,95 +236,6 @@ class _Stack(torch.autograd.Function):
         return acc if acc.dtype == x.dtype else acc.to(x.dtype), None, None, None
 
 
-# _AffineConv's fixed arguments, built once per call signature (one Function argument): the conv's,
-# the constant's scale alpha, out_channels o, bwd = (bias sizes, stride, padding, dilation,
-# output_padding) as the lists aten.convolution_backward takes, gshape = (O, 1, ..., 1).
-_AffineCfg = namedtuple("_AffineCfg", "conv stride padding dilation groups alpha o bwd gshape")
-
-
-def _affine_cfg(r, alpha: float, d: int) -> _AffineCfg:
-    o = r.full[0]
-    pad = list(r.padding) if isinstance(r.padding, tuple) else [r.padding] * d
-    return _AffineCfg(r.conv, r.stride, r.padding, r.dilation, r.groups, alpha, o,
-                      ([o], list(r.stride), pad, list(r.dilation), [0] * d), (o,) + (1,) * (d + 1))
-
-
-class _AffineConv(torch.autograd.Function):
-    """y = conv(x, P) + bias + alpha * sum_taps(P*Q), the offset layer A*(x - B) (alpha = -1).
-
-    Same math as the general path, fewer kernels (measured on an H100, each small weight-sized
-    kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16): the constant and the bias are one
-    baddbmm; the backward is the conv's own backward, the bias gradient scaled by alpha, and one
-    multiply per weight, the one for P an addcmul fused with the conv's weight gradient (and, under
-    autocast, with its cast back to float32)."""
-
-    @staticmethod
-    def run(x, P, Q, bias, k, dts):
-        """(y, the tensors the backward needs); dts = (compute dtype, conv dtype)."""
-        ct, cd = dts
-        o = k.o
-        xc, Pc = (x if x.dtype == cd else x.to(cd)), (P if P.dtype == cd else P.to(cd))
-        Pt, Qt = (P if P.dtype == ct else P.to(ct)), (Q if Q.dtype == ct else Q.to(ct))
-        if bias is None:
-            b = torch.mul(torch.bmm(Pt.reshape(o, 1, -1), Qt.reshape(o, -1, 1)).view(o), k.alpha)
-        else:  # bias + alpha * P.Q per filter: one kernel
-            b = torch.baddbmm((bias if bias.dtype == ct else bias.to(ct)).view(o, 1, 1), Pt.reshape(o, 1, -1),
-                              Qt.reshape(o, -1, 1), alpha=k.alpha).view(o)
-        y = k.conv(xc, Pc, b if b.dtype == cd else b.to(cd), k.stride, k.padding, k.dilation, k.groups)
-        return y, (xc, Pc, Pt, Qt)
-
-    @staticmethod
-    def forward(ctx, x, P, Q, bias, k, dts):
-        y, saved = _AffineConv.run(x, P, Q, bias, k, dts)
-        ctx.save_for_backward(*saved)
-        ct = dts[0]
-        ctx.k, ctx.ct = k, ct
-        xdt = x.dtype  # None: every dtype is the compute dtype, the backward casts nothing
-        ctx.dtypes = None if xdt == ct and dts[1] == ct and P.dtype == ct and Q.dtype == ct and (
-            bias is None or bias.dtype == ct) else (xdt, P.dtype, Q.dtype, None if bias is None else bias.dtype)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        xc, Pc, Pt, Qt = ctx.saved_tensors
-        k, ct = ctx.k, ctx.ct
-        need = ctx.needs_input_grad
-        bsz, stride, pad, dil, opad = k.bwd
-        gx, gPc, gb = _CONV_BWD(gy, xc, Pc, bsz, stride, pad, dil, False, opad, k.groups, [need[0], need[1], True])
-        gb = gb if gb.dtype == ct else gb.to(ct)
-        # d constant / d (P*Q) = alpha * gb per filter, as addcmul's scalar `value` (no kernel of
-        # its own): gP fused with the conv's weight gradient, gQ an addcmul onto a cached 0-d zero
-        # (torch.mul has no scalar factor; a separate neg kernel cost ~2 us of GPU and host time)
-        gbs = gb.view(k.gshape)
-        gP = torch.addcmul(gPc, Qt, gbs, value=k.alpha) if need[1] else None
-        gQ = None
-        if need[2]:
-            z = _zero(Pt)
-            gQ = torch.mul(Pt, torch.mul(gbs, k.alpha)) if z is None else torch.addcmul(z, Pt, gbs, value=k.alpha)
-        if ctx.dtypes is None:
-            return gx, gP, gQ, gb if need[3] else None, None, None
-        xdt, pdt, qdt, bdt = ctx.dtypes
-        return (None if gx is None else _cast(gx, xdt), None if gP is None else _cast(gP, pdt),
-                None if gQ is None else _cast(gQ, qdt), _cast(gb, bdt) if need[3] else None, None, None)
-
-
-_CONV_BWD = torch.ops.aten.convolution_backward.default
-_ZEROS: dict = {}
-
-
-def _zero(t: torch.Tensor):
-    """A 0-d zero of t's dtype on t's device, made once (read only: addcmul's broadcast input);
-    None for tensor subclasses (fake tensors while tracing, DTensor) and during CUDA-graph capture,
-    where a tensor made outside does not belong."""
-    if type(t) is not torch.Tensor or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return None
-    key = (t.device, t.dtype)
-    z = _ZEROS.get(key)
-    if z is None:
-        z = _ZEROS[key] = torch.zeros((), dtype=t.dtype, device=t.device)
-    return z
-
-
 @dataclass(frozen=True)
 class _Recipe:
     """Everything about a call that depends only on (op, reduce, geometry), decided once."""
@@ -405,7 +317,7 @@ def _make_runner(call):
         P, Q = weights[pn], weights[qn]
         if torch.compiler.is_compiling() or P.shape != full or Q.shape != full:
             return general(x, bias, weights)
-        dts = _dtypes(x)
+        dts = _dtypes(x) + (_fused(x, P, Q, bias),)
         xin = pad_input(x, g) if pre else x
         # no graph to record (inference): the same computation without the Function's overhead
         fn = _AffineConv.apply if torch.is_grad_enabled() and (
@@ -498,10 +410,6 @@ def _general(x, bias, weights, call, low, r, stack):
         if bias_after is not None:
             y = y + bias_after.reshape((1, -1) + (1,) * g.dims)
     return y.to(out)
-
-
-def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)  # a no-op .to() still costs a dispatch
 
 
 def _autocast_off(x):
