@@ -39,6 +39,24 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def graph_ms(fn):
+    """do_bench of fn replayed from a CUDA graph: its GPU work alone, without the host's time per
+    call (the GPU machine's host is several times slower than a workstation's: session 4 notes)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    try:
+        return bench(g.replay)
+    finally:
+        del g
+
+
 def peak_gib(fn):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -90,6 +108,10 @@ def measure(name, fwd, x, ws, gy, rows, key, fwd_only=False):
     r = {"impl": name, **key}
     try:
         r["fwd_ms"] = bench(f)
+        try:
+            r["fwd_graph_ms"] = graph_ms(f)
+        except Exception as err:  # not capturable: the eager figure stands alone
+            r["fwd_graph_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if not fwd_only:
             r["fwd_bwd_ms"] = bench(fb)
             r["peak_gib"] = peak_gib(fb)
@@ -151,6 +173,8 @@ def run(args):
             r = measure("lambdaconv triton", ours, x, ws, gy, rows, key)
             if "fwd_ms" in r:
                 r["fwd_roofline_frac"] = taps / (r["fwd_ms"] * 1e-3) / ROOF_TAPS_PER_S
+            if "fwd_graph_ms" in r:
+                r["fwd_graph_roofline_frac"] = taps / (r["fwd_graph_ms"] * 1e-3) / ROOF_TAPS_PER_S
             os.environ["LAMBDACONV_GLUON_BWD"] = "1"  # the opt-in Gluon backward kernels, side by side
             measure("lambdaconv triton, Gluon bwd", ours, x, ws, gy, rows, key)
             os.environ.pop("LAMBDACONV_GLUON_BWD")
@@ -271,17 +295,22 @@ def host():
 
 def markdown(res) -> str:
     lines = [f"# Direct ops on {res['device']} (torch {res['torch']}, triton {res['triton']}), {res['when']}", "",
-             "do_bench medians; fwd under no_grad; fwd+bwd = gradients of x and every weight.", ""]
+             "do_bench medians; fwd under no_grad; fwd+bwd = gradients of x and every weight; fwd graph = the same "
+             "forward replayed from a CUDA graph (its GPU work: for ours the padding, the weights' layout and the "
+             "kernel), roofline fractions of both.", ""]
     for run, what in res.get("runs", {}).items():
         lines += [f"- run {run}: {what}"]
     lines += ["" if res.get("runs") else None,
-             "| shape | op | impl | dtype | fwd ms | fwd+bwd ms | peak GiB | fwd roofline |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+             "| shape | op | impl | dtype | fwd ms | fwd graph ms | fwd+bwd ms | peak GiB | fwd roofline (graph) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     lines = [v for v in lines if v is not None]
     for r in res["rows"]:
         f = lambda k, fmt, s=1: (fmt % (s * r[k])) if k in r else ("err" if "error" in r else "")  # noqa: E731
+        roof = f('fwd_roofline_frac', '%.0f%%', 100)
+        if "fwd_graph_roofline_frac" in r:
+            roof += f" ({f('fwd_graph_roofline_frac', '%.0f%%', 100)})"
         lines.append(f"| {r['shape']} | {r['op']} | {r['impl']} | {r['dtype']} | {f('fwd_ms', '%.3f')} | "
-                     f"{f('fwd_bwd_ms', '%.3f')} | {f('peak_gib', '%.2f')} | {f('fwd_roofline_frac', '%.0f%%', 100)} |")
+                     f"{f('fwd_graph_ms', '%.3f')} | {f('fwd_bwd_ms', '%.3f')} | {f('peak_gib', '%.2f')} | {roof} |")
     errs = [r for r in res["rows"] if "error" in r]
     if errs:
         lines += ["", "Errors:"] + [f"- {r['impl']} {r['shape']} {r['op']} {r['dtype']}: {r['error']}" for r in errs]

@@ -133,6 +133,20 @@ else:
 
     TOL_FUSED = {torch.float32: 1e-6, torch.float16: 1e-3}
 
+    @pytest.mark.parametrize("d,size,kw", [(1, (7,), dict(padding=2)), (2, (5, 6), dict(padding="same")),
+                                           (2, (4, 5), dict(padding=(1, 0))), (3, (3, 4, 5), dict(padding=1))])
+    def test_pad_kernel_is_f_pad(d, size, kw):
+        """pad.py's one-pass zero padding (the Gluon kernels' input on CUDA) equals F.pad, NaN included."""
+        from lambdaconv.backends.triton.pad import pad_zeros
+        from lambdaconv.geometry import make_geometry, pad_input
+
+        x = torch.randn((2, 3) + size)
+        x.view(-1)[5] = float("nan")
+        g = make_geometry(d, tuple(x.shape), (4, 3) + (4,) * d, 1, kw["padding"], 1, 1, "zeros")
+        want = pad_input(x, g)
+        assert want.shape != x.shape
+        assert torch.equal(pad_zeros(x, g).nan_to_num(7.0), want.nan_to_num(7.0))
+
     def test_float64_is_refused():
         x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
         with pytest.raises(ValueError, match="float64"):

@@ -18,6 +18,7 @@ import torch
 from ...geometry import Geometry, pad_input, valid_taps
 from . import gluon_bwd, tuning
 from .kernels import half_exact, kernels
+from .pad import padded
 from .tuning import interpreting
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
@@ -160,7 +161,8 @@ class TritonConv(torch.autograd.Function):
                               p.kw_key)
 
             if reduce != "logsumexp":
-                xp = _gluon_forward(x, g, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp)
+                xp = _gluon_forward(x if p.in_pad else xk, g, spec, reduce, compute, wf, bias, y, aux, rows, portable,
+                                    interp, p.in_pad)
             if xp is None:
                 portable()
         if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
@@ -233,7 +235,7 @@ class TritonConv(torch.autograd.Function):
             if True in need_w:
                 slabs = None
                 if fast_w and g.batch * g.positions:
-                    xp = xp_saved if xp_saved is not None else pad_input(xk_c, g).contiguous() if in_pad else xk_c
+                    xp = xp_saved if xp_saved is not None else padded(xk_c, g) if in_pad else xk_c
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
                                              g.groups, tuning.sm_count(dev), fin)
                 if slabs is not None:
@@ -282,11 +284,12 @@ def gluon_wanted(device, interp=None) -> bool:
     return cap >= (8, 0)
 
 
-def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp):
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp, in_pad):
     """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
     applies, returning the padded input it read; None: run the portable one. The Gluon kernel takes
-    the input padded by torch ("zeros" included: its loads then need no masks). aux: max/min's
-    winning taps (training), or None."""
+    the input padded ("zeros" included: its loads then need no masks): x is padded here when in_pad
+    (by pad.py's kernel), else it comes padded already (reflect / replicate / circular, by torch).
+    aux: max/min's winning taps (training), or None."""
     if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
         return None
     from . import gluon
@@ -296,7 +299,7 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows
     gmod = gluon.module(spec, reduce, compute)
     if gmod is None:
         return None
-    xp = pad_input(x, g).contiguous()
+    xp = padded(x, g) if in_pad else x
     args = (xp, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
     has_bias, save = bias is not None, aux is not None
     kw = tuning.memo(_PLANS, ("gluon", g, has_bias, save),
