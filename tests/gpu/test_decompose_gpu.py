@@ -73,6 +73,28 @@ def test_offset_fused_matches(monkeypatch, mode, bias):
             assert a.dtype == r.dtype and a.shape == r.shape and rel(a, r) < 1e-5
 
 
+def test_offset_module_uses_fused_kernels(monkeypatch):
+    """nn.Parameter weights (the layer's) take the fused kernels too, and match the torch-op path."""
+    from lambdaconv.backends.triton import affine
+
+    used = []
+    real = affine.grads
+    monkeypatch.setattr(affine, "grads", lambda *a: used.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = lc.Conv2d(4, 6, 3, padding=1, op="offset").cuda()
+    x = torch.randn(2, 4, 8, 8, device="cuda")
+    params = list(layer.parameters())
+    y = layer(x)
+    got = torch.autograd.grad(y.square().sum(), params)
+    assert used == [1]
+    monkeypatch.setenv("LAMBDACONV_DECOMPOSE_FUSED", "0")
+    y0 = layer(x)
+    want = torch.autograd.grad(y0.square().sum(), params)
+    assert used == [1] and rel(y, y0) < 1e-6
+    for a, r in zip(got, want):
+        assert rel(a, r) < 1e-5
+
+
 def test_offset_fused_graph_capture():
     """The fused kernels inside a captured CUDA graph replay to the eager results."""
     x, ws, b = _inputs(torch.float32, True)

@@ -116,8 +116,8 @@ def fused(x, P, Q, bias) -> bool:
     mode = env("LAMBDACONV_DECOMPOSE_FUSED", "1")
     if mode == "0" or not (x.is_cuda or (mode == "interpret" and interpreting())):
         return False
-    if type(x) is not torch.Tensor or type(P) is not torch.Tensor or type(Q) is not torch.Tensor \
-            or (bias is not None and type(bias) is not torch.Tensor):
+    if type(x) not in _PLAIN or type(P) not in _PLAIN or type(Q) not in _PLAIN \
+            or (bias is not None and type(bias) not in _PLAIN):
         return False
     if not (P.is_contiguous() and Q.is_contiguous()) or x.dtype == torch.float64:
         return False
@@ -128,6 +128,7 @@ def fused(x, P, Q, bias) -> bool:
 
 
 _HAVE_TRITON: list = []
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not fake, functional or distributed tensors
 _CONV_BWD = torch.ops.aten.convolution_backward.default
 _ZEROS: dict = {}
 
