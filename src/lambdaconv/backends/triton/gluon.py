@@ -400,7 +400,7 @@ def forward(mod, args, kw, rows, og, groups, cg, portable) -> None:
     timed once per (module, geometry, batch-size bucket) as tuning.launch does."""
     from . import tuning
 
-    forced = tuning.env("LAMBDACONV_GLUON_FWD_CONFIG")  # an index into CONFIGS (profiling, sweeps)
+    forced = tuning.env("LAMBDACONV_GLUON_FWD_CONFIG")  # a config for every forward (profiling, sweeps)
     tune = tuning.tuning_enabled()
     # the decision per (module, geometry, batch-size bucket, settings), looked up by identity: the
     # sorted-kw key, the candidates and their fits cost more host time than the launch on a slow host
@@ -419,8 +419,9 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune):
     """The config to launch (or "portable"): the only candidate, or the fastest, timed once per
     (module, kw, batch-size bucket)."""
     cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] == 3)]
-    if forced is not None:
-        cands = [c for c in [_fit(CONFIGS[int(forced)], cg)] if c is not None]
+    if forced is not None:  # an index into CONFIGS, or a config written out "64,64,4,..." (sweeps)
+        cfg = tuple(int(v) for v in forced.split(",")) if "," in forced else CONFIGS[int(forced)]
+        cands = [c for c in [_fit(cfg, cg)] if c is not None]
     elif not tune:
         cands = cands[:1]
     if not cands:
