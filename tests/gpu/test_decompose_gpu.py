@@ -97,11 +97,13 @@ def test_offset_module_uses_fused_kernels(monkeypatch):
 
 def test_offset_fused_graph_capture():
     """The fused kernels inside a captured CUDA graph replay to the eager results."""
-    x, ws, b = _inputs(torch.float32, True)
-    every = [x, ws["A"], ws["B"], b]
+    base = [t.detach() for t in (lambda x, ws, b: (x, ws["A"], ws["B"], b))(*_inputs(torch.float32, True))]
 
     def step():
-        y = lc.conv2d(x, "offset", ws, b, padding=1, groups=2)
+        # leaves made per call, on the stream of the call: a leaf kept from an eager call would tie
+        # its gradient accumulator to the legacy stream, which capture forbids
+        x, A, B, b = every = [t.requires_grad_() for t in (u.detach() for u in base)]
+        y = lc.conv2d(x, "offset", {"A": A, "B": B}, b, padding=1, groups=2)
         return (y, *torch.autograd.grad(y.square().sum(), every))
 
     eager = step()
