@@ -87,6 +87,16 @@ def _block(k: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(k)))
 
 
+_KW: dict = {}  # launch constants per (kernel, sizes, flags): built once (host time per call)
+
+
+def _kw(key, make):
+    hit = _KW.get(key)
+    if hit is None:
+        hit = _KW[key] = make()
+    return hit
+
+
 def constant(P: torch.Tensor, Q: torch.Tensor, bias, alpha: float, dtype) -> torch.Tensor:
     """bias + alpha * sum over each filter's taps of P*Q, shape (O,), in `dtype`. P, Q: full-size
     (O, Cg, *kernel) contiguous tensors; bias (O,) or None."""
@@ -94,8 +104,10 @@ def constant(P: torch.Tensor, Q: torch.Tensor, bias, alpha: float, dtype) -> tor
     k = P.numel() // o if o else 0
     c = torch.empty(o, dtype=dtype, device=P.device)
     if o:
-        _go(_affine_const, (o,), (P, Q, c if bias is None else bias, c, k, float(alpha)),
-            dict(HAS_BIAS=bias is not None, BLOCK=_block(k, 1024), num_warps=4))
+        has_bias = bias is not None
+        grid, kw = _kw(("c", o, k, has_bias), lambda: ((o,), dict(HAS_BIAS=has_bias, BLOCK=_block(k, 1024),
+                                                                    num_warps=4)))
+        _go(_affine_const, grid, (P, Q, bias if has_bias else c, c, k, float(alpha)), kw)
     return c
 
 
@@ -109,12 +121,14 @@ def grads(gPc, gb, P, Q, alpha: float, dtypes: tuple):
     gQ = None if qdt is None else torch.empty(Q.shape, dtype=qdt, device=Q.device)
     gB = None if bdt is None else torch.empty(o, dtype=bdt, device=P.device)
     if o and k:
-        block = _block(k, 1024)
+        flags = (gP is not None, gQ is not None, gB is not None)
+        grid, kw = _kw(("g", o, k, flags), lambda: (
+            (o, triton.cdiv(k, _block(k, 1024))),
+            dict(NEED_P=flags[0], NEED_Q=flags[1], NEED_B=flags[2], BLOCK=_block(k, 1024), num_warps=4)))
         dummy = gb
-        _go(_affine_grad, (o, triton.cdiv(k, block)),
+        _go(_affine_grad, grid,
             (dummy if gPc is None else gPc, gb, P, Q, dummy if gP is None else gP, dummy if gQ is None else gQ,
-             dummy if gB is None else gB, k, float(alpha)),
-            dict(NEED_P=gP is not None, NEED_Q=gQ is not None, NEED_B=gB is not None, BLOCK=block, num_warps=4))
+             dummy if gB is None else gB, k, float(alpha)), kw)
     elif gB is not None:
         gB.copy_(gb)
     return gP, gQ, gB

@@ -22,6 +22,11 @@ _OK = triton.__version__.startswith(_VERSIONS)
 if _OK:
     from triton import knobs as _knobs
 _cache: dict = {}
+# the current device and raw stream without building a torch.cuda.Stream object per launch (what
+# inductor's generated code calls); the public calls where this torch lacks them (CPU-only builds)
+_get_device = getattr(torch._C, "_cuda_getDevice", None) or (lambda: torch.cuda.current_device())
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda dev: torch.cuda.current_stream(dev).cuda_stream)
 
 
 def _spec(a):
@@ -42,7 +47,7 @@ def launch(fn, grid: tuple, args: tuple, kw: dict) -> None:
     if not _OK or tuning.env("LAMBDACONV_FAST_LAUNCH", "1") == "0":
         fn[grid](*args, **kw)
         return
-    dev = torch.cuda.current_device()
+    dev = _get_device()
     key = (fn, dev, tuple(map(_spec, args)), tuple(kw.items()))
     try:
         hit = _cache.get(key)
@@ -57,7 +62,7 @@ def launch(fn, grid: tuple, args: tuple, kw: dict) -> None:
         return
     ck, names = hit
     full = (*args, *(kw[n] for n in names))
-    stream = torch.cuda.current_stream(dev).cuda_stream
+    stream = _raw_stream(dev)
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
     rt = _knobs.runtime  # the hooks as JITFunction.run passes them (profilers see these launches too)
     ck.run(g0, g1, g2, stream, ck.function, ck.packed_metadata, ck.launch_metadata(grid, stream, *full),
