@@ -30,10 +30,11 @@ class AffineConv(torch.autograd.Function):
     """y = conv(x, P) + bias + alpha * sum_taps(P*Q), the offset layer A*(x - B) (alpha = -1).
 
     Same math as the general path, fewer kernels (measured on an H100, each small weight-sized
-    kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16): the constant and the bias are one
-    baddbmm; the backward is the conv's own backward, the bias gradient scaled by alpha, and one
-    multiply per weight, the one for P an addcmul fused with the conv's weight gradient (and, under
-    autocast, with its cast back to float32)."""
+    kernel costs ~2 us, 7% of this conv's fwd+bwd in bfloat16). The backward is the conv's own
+    backward, then d constant / d (P*Q) = alpha * the bias gradient per filter. Fused (CUDA): the
+    constant is one kernel and every gradient after the conv's another. Otherwise the constant and
+    the bias are one baddbmm and each weight's gradient one addcmul (P's fused with the conv's
+    weight gradient and, under autocast, with its cast back to float32)."""
 
     @staticmethod
     def run(x, P, Q, bias, k, dts):
