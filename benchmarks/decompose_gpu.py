@@ -72,16 +72,8 @@ def correctness() -> dict:
 
 def graph_time(fn, calls=10, replays=20) -> float:
     """Median ms per call of fn replayed from a CUDA graph (no CPU launch cost)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+    from cuda_graph import capture
+    graph = capture(fn, calls)
     graph.replay()
     torch.cuda.synchronize()
     times = []

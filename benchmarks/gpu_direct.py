@@ -42,15 +42,8 @@ def bench(fn):
 def graph_ms(fn):
     """do_bench of fn replayed from a CUDA graph: its GPU work alone, without the host's time per
     call (the GPU machine's host is several times slower than a workstation's: session 4 notes)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    from cuda_graph import capture
+    g = capture(fn)
     try:
         return bench(g.replay)
     finally:

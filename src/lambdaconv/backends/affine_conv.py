@@ -13,6 +13,8 @@ from collections import namedtuple
 
 import torch
 
+from .triton.tuning import env, interpreting  # no triton import: settings only
+
 # AffineConv's fixed arguments, built once per call signature (one Function argument): the conv's,
 # the constant's scale alpha, out_channels o, bwd = (bias sizes, stride, padding, dilation,
 # output_padding) as the lists aten.convolution_backward takes, gshape = (O, 1, ..., 1).
@@ -113,7 +115,6 @@ def fused(x, P, Q, bias) -> bool:
     """Whether the triton kernels of triton/affine.py run this layer: CUDA, plain tensors (no fake or
     distributed subclass), contiguous weights, triton installed. LAMBDACONV_DECOMPOSE_FUSED: "1"
     (default), "0" (the torch ops), "interpret" (also CPU tensors under TRITON_INTERPRET=1: tests)."""
-    from .triton.tuning import env, interpreting
     mode = env("LAMBDACONV_DECOMPOSE_FUSED", "1")
     if mode == "0" or not (x.is_cuda or (mode == "interpret" and interpreting())):
         return False
