@@ -39,13 +39,14 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def graph_ms(fn):
-    """do_bench of fn replayed from a CUDA graph: its GPU work alone, without the host's time per
-    call (the GPU machine's host is several times slower than a workstation's: session 4 notes)."""
+def graph_ms(fn, calls=1):
+    """do_bench of fn replayed from a CUDA graph (of `calls` calls, per call): its GPU work alone,
+    without the host's time per call (the GPU machine's host is several times slower than a
+    workstation's: session 4 notes)."""
     from cuda_graph import capture
-    g = capture(fn)
+    g = capture(fn, calls)
     try:
-        return bench(g.replay)
+        return bench(g.replay) / calls
     finally:
         del g
 
@@ -102,7 +103,7 @@ def measure(name, fwd, x, ws, gy, rows, key, fwd_only=False):
     try:
         r["fwd_ms"] = bench(f)
         try:
-            r["fwd_graph_ms"] = graph_ms(f)
+            r["fwd_graph_ms"] = graph_ms(f, 10)
         except Exception as err:  # not capturable: the eager figure stands alone
             r["fwd_graph_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if not fwd_only:
@@ -200,10 +201,17 @@ def sweep():
     base = list(gluon.CONFIGS)
     SWEEP = base  # noqa: N806
     s1, s2 = SHAPES
+    staged = [c for c in SWEEP if c[-1] == 4]  # shared-memory staged (session 6)
+    # more staged configs to try, "a,b,...;c,d,..." (LC_SWEEP_EXTRA): timed next to CONFIGS' ones
+    extra = [tuple(int(v) for v in c.split(",")) for c in os.environ.get("LC_SWEEP_EXTRA", "").split(";") if c]
+    staged += extra
+    SWEEP = SWEEP + extra  # noqa: N806
     plan = [(s1, "adder", torch.float32, SWEEP), (s1, "max-plus", torch.float32, SWEEP),
-            (s1, "max-plus", torch.float16, SWEEP[:4]), (s1, "adder", torch.float16, SWEEP[:2]),
+            (s1, "max-plus", torch.float16, SWEEP[:4] + staged), (s1, "adder", torch.float16, SWEEP[:2] + staged),
             (s1, "sigmoid(A*x)*B", torch.float32, [SWEEP[0], SWEEP[2], SWEEP[3]]),
-            (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4])]
+            (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4] + staged)]
+    if os.environ.get("LC_SWEEP_STAGED_ONLY"):  # the first config for reference, then the staged ones
+        plan = [(a, b, c, [d[0]] + [e for e in d if e[-1] == 4]) for a, b, c, d in plan if "sigmoid" not in b]
     for sname, oname, dt, cfgs in plan:
         shape = SHAPES[sname]
         n, c, o, s = shape
@@ -214,23 +222,26 @@ def sweep():
         os.environ["LAMBDACONV_GLUON"] = "0"
         with torch.no_grad():
             ref = f(x, ws).float()
-            ms = bench(lambda: f(x, ws))
+            ms = graph_ms(lambda: f(x, ws), 10)  # GPU work: the host time per call hides the kernels
         print(f"{sname} {oname} {dt} portable {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%}", flush=True)
         os.environ["LAMBDACONV_GLUON"] = "strict"
         for cfg in cfgs:
             gluon.CONFIGS[:] = [cfg]
+            gluon._fast.clear()  # the launch decisions are cached per CONFIGS object, which is the same list
+            gluon._chosen.clear()
             try:
                 with torch.no_grad():
                     y = f(x, ws).float()
                     err = ((y - ref).norm() / ref.norm()).item()
-                    ms = bench(lambda: f(x, ws))
+                    ms = graph_ms(lambda: f(x, ws), 10)
                 print(f"{sname} {oname} {dt} {cfg} {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%} "
                       f"err {err:.1e}", flush=True)
             except Exception as err:
                 print(f"{sname} {oname} {dt} {cfg} failed {type(err).__name__}: {str(err)[:300]}", flush=True)
     gluon.CONFIGS[:] = base
     os.environ["LAMBDACONV_GLUON"] = "1"
-    kernel_times()
+    if os.environ.get("LC_SWEEP_KERNELS", "1") != "0":
+        kernel_times()
 
 
 def kernel_times():

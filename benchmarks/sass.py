@@ -122,9 +122,14 @@ def main(argv=None) -> int:
         mod = load(text, False)
         cfg = tuple(int(v) for v in a.cfg.split(",")) if a.cfg else gluon.CONFIGS[a.config]
         bm, bn, bk, tm, tn = cfg[:5]
-        g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=gluon.layout(cfg),
-                 K_MODE=cfg[-1])
-        sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype, maxnreg=a.maxnreg)
+        g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        if cfg[-1] == 4:  # staged through shared memory (gluon_staged.py), zero padding in the kernel
+            from lambdaconv.backends.triton import gluon_staged
+            g.update(gluon_staged.layouts(cfg), IH=56, IW=56, PH=1, PW=1)
+            sass = _compile(mod._fwd_staged, g, gluon_staged.warps(cfg), a.dtype, maxnreg=a.maxnreg)
+        else:
+            g.update(L3=gluon.layout(cfg), K_MODE=cfg[-1])
+            sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype, maxnreg=a.maxnreg)
         report(f"forward {a.op} {reduce} {a.dtype} config {cfg}", sass, tm * bk * tn, a.dump)
     elif a.kernel == "gx":
         from lambdaconv.backends.triton.kernels import load

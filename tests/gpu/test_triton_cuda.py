@@ -173,7 +173,9 @@ def test_gluon_fallback_warns_once(monkeypatch):
     from lambdaconv.ir.spec import resolve_op
     assert gluon.source(resolve_op("tanh(x*weight)"), "sum", "tl.float32") is None
     assert gluon.source(resolve_op("-abs(x-weight)"), "sum", "tl.float32") is not None
-    monkeypatch.setattr(gluon, "layout", lambda cfg: (_ for _ in ()).throw(RuntimeError("no layout")))
+    fail = lambda cfg: (_ for _ in ()).throw(RuntimeError("no layout"))  # noqa: E731
+    monkeypatch.setattr(gluon, "layout", fail)  # the register kernel's configs
+    monkeypatch.setattr(gluon.gluon_staged, "layouts", fail)  # the staged kernel's
     monkeypatch.setattr(gluon, "_failed", set())
     x = torch.randn(2, 4, 9, 9, device="cuda")
     w = {"weight": torch.randn(5, 4, 3, 3, device="cuda")}
@@ -188,9 +190,9 @@ def test_gluon_fallback_warns_once(monkeypatch):
     assert torch.equal(y, y2)
 
 
-@pytest.mark.parametrize("i", range(10))
+@pytest.mark.parametrize("i", range(14))
 @pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
-                                          ("dilation", None, ("weight",))])
+                                          ("dilation", None, ("weight",)), ("-(x-weight)**2", "mean", ("weight",))])
 def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
     # each tuner candidate (unrolled, pipelined, ...) on its own, channels a multiple of BLOCK_K and not
     from lambdaconv.backends.triton import gluon
@@ -207,6 +209,29 @@ def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
             r = lc.conv2d(x.double().cpu(), op, {k: v.double().cpu() for k, v in ws.items()}, padding=1,
                           reduce=reduce, backend="reference")
         assert rel(y.cpu(), r) < 1e-4, (c, o)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d,kw", [(2, dict(padding=1, stride=2)), (2, dict(padding=2, dilation=2, groups=2)),
+                                  (1, dict(padding=1, padding_mode="reflect")), (3, dict(padding=1)),
+                                  (2, dict(padding=0, groups=4))])
+def test_gluon_staged_geometry(d, kw, dtype, monkeypatch):
+    # the shared-memory-staged forward configs (K_MODE 4) one by one, training (sum-type: no winners)
+    # and inference (max), over stride / dilation / groups / padding modes / 1-3 dims and fp16
+    from lambdaconv.backends.triton import gluon
+    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    staged = [c for c in gluon.CONFIGS if c[-1] == 4]
+    assert staged
+    for cfg in staged:
+        monkeypatch.setattr(gluon, "CONFIGS", [cfg])
+        check(d, "adder", None, c=16, o=40, size=5 if d == 3 else 11, dtype=dtype, **kw)
+        g = torch.Generator(device="cuda").manual_seed(3)
+        x = torch.randn((3, 16) + (9,) * d, device="cuda", generator=g).to(dtype)
+        w = torch.randn((24, 16 // kw.get("groups", 1)) + (3,) * d, device="cuda", generator=g).to(dtype)
+        with torch.no_grad():
+            y = CONV[d](x, "dilation", {"weight": w}, backend="triton", **kw)
+        r = CONV[d](x.double().cpu(), "dilation", {"weight": w.double().cpu()}, backend="reference", **kw)
+        assert rel(y.cpu(), r) < TOL[dtype], cfg
 
 
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=1, stride=2), dict(padding=2, dilation=2, groups=2),
@@ -265,15 +290,15 @@ def test_gluon_backward_dims(d, monkeypatch):
     check(d, "adder", None, c=6, o=10, size=7 if d == 3 else 30, padding=1)
 
 
-@pytest.mark.parametrize("i", range(10))
+@pytest.mark.parametrize("i", range(14))
 @pytest.mark.parametrize("op,reduce,kw", [("dilation", None, dict(padding=1)), ("erosion", None, dict(padding=1, stride=2)),
                                           ("-(x+weight)", "max", dict(padding=2, dilation=2, groups=2))])
 def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
     # max/min training: the Gluon forward keeps the winning step and finds the tap in it; with many
     # ties (small integers) its winners, hence every gradient, equal the portable kernel's bit for bit
     from lambdaconv.backends.triton import gluon
-    if i >= len(gluon.CONFIGS) or gluon.CONFIGS[i][-1] == 3:
-        pytest.skip("fewer configs, or a channel-major config (never used to save winners)")
+    if i >= len(gluon.CONFIGS) or gluon.CONFIGS[i][-1] >= 3:
+        pytest.skip("fewer configs, or a config never used to save winners (channel-major, staged)")
     monkeypatch.setattr(gluon, "CONFIGS", [gluon.CONFIGS[i]])
     g = torch.Generator(device="cuda").manual_seed(i)
     for c, o in ((16, 64), (12, 70)):

@@ -160,10 +160,11 @@ class TritonConv(torch.autograd.Function):
                 tuning.launch("fwd", mod._fwd, args, kw, x.device, rows, g.cout_per_group, g.groups, interp,
                               p.kw_key)
 
+            ran = False
             if reduce != "logsumexp":
-                xp = _gluon_forward(x if p.in_pad else xk, g, spec, reduce, compute, wf, bias, y, aux, rows, portable,
-                                    interp, p.in_pad)
-            if xp is None:
+                ran, xp = _gluon_forward(xk, g, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp,
+                                         p.in_pad)
+            if not ran:
                 portable()
         if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
             # the Gluon forward's padded input, for the weight gradient (one F.pad less per step)
@@ -285,27 +286,37 @@ def gluon_wanted(device, interp=None) -> bool:
 
 
 def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp, in_pad):
-    """Forward through the Gluon kernel (or `portable` where the tuner finds it faster) when it
-    applies, returning the padded input it read; None: run the portable one. The Gluon kernel takes
-    the input padded ("zeros" included: its loads then need no masks): x is padded here when in_pad
-    (by pad.py's kernel), else it comes padded already (reflect / replicate / circular, by torch).
+    """Forward through a Gluon kernel (or `portable` where the tuner finds it faster) when one
+    applies: (True, the padded input it read, or None), or (False, None): run the portable one.
+    x: contiguous; padded by torch already unless in_pad (zeros). The register kernel (gluon.py)
+    reads a padded input (its loads then need no masks): pad.py's kernel pads x for it. The staged
+    kernel (gluon_staged.py) masks its few loads per K step and reads x as it is.
     aux: max/min's winning taps (training), or None."""
     if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
-        return None
+        return False, None
     from . import gluon
 
     if x.dtype == torch.float16 and all(w.dtype == x.dtype for w in wf) and gluon.half_sum(spec, reduce):
         compute = "tl.float16"
     gmod = gluon.module(spec, reduce, compute)
     if gmod is None:
-        return None
-    xp = padded(x, g) if in_pad else x
-    args = (xp, *wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
+        return False, None
+    rest = (*wf, bias if bias is not None else y, y, aux if aux is not None else y, rows)
     has_bias, save = bias is not None, aux is not None
     kw = tuning.memo(_PLANS, ("gluon", g, has_bias, save),
                      lambda: dict(consts(g, False), HAS_BIAS=has_bias, SAVE_AUX=save))
-    gluon.forward(gmod, args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable)
-    return xp
+    pad_box = []
+
+    def padded_args():  # the padded input, made once and only if a register-kernel config runs
+        if not pad_box:
+            pad_box.append(padded(x, g) if in_pad else x)
+        return (pad_box[0],) + rest
+    raw = None
+    if in_pad:
+        raw = ((x,) + rest, tuning.memo(_PLANS, ("gluon-raw", g, has_bias, save),
+                                        lambda: dict(consts(g, True), HAS_BIAS=has_bias, SAVE_AUX=save)))
+    gluon.forward(gmod, padded_args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable, raw)
+    return True, (pad_box[0] if pad_box else None)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -20,6 +20,7 @@ import functools
 import warnings
 from string import Template
 
+from . import gluon_staged
 from . import templates as T
 from . import tuning
 from .launch import launch as fast_launch
@@ -276,7 +277,10 @@ def source(spec, reduce: str, compute: str):
         W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12),
         STEP3=_indent(step3, 16))
     head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce)
-    return head + body
+    staged = gluon_staged.source(names, reduce, compute, code, op_out,
+                                 T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),
+                                 "\n    res = -res" if negate else "")
+    return head + body + staged
 
 
 _HALF_SUM_OPS = {"input", "weight", "add", "sub", "neg", "abs"}
@@ -331,6 +335,17 @@ def _warn(err):
 # Run 18 (the tuner's own timings, kernel alone): adder 0.214 unrolled, 0.219 64x64 pipelined (K_MODE 2);
 # max-plus 0.228 64x64 pipelined; sigmoid(A*x)*B 1.058 pipelined, 35-42 ms where BLOCK_K 8-16 unrolled spills.
 CONFIGS = [
+    # session 6: x and weights staged through shared memory (gluon_staged.py), (..., warps M, N,
+    # K slices, 4). GPU work of the forward (pad included), ms, device run 5 (`gpu_direct.py --sweep`),
+    # adder / max-plus first shape, then second shape: 0.148 / 0.171, 0.208 / 0.233 (first, BLOCK_K
+    # 16); 0.170 / 0.184, 0.164 / 0.179 (2 K slices: more warps where the grid is small); 0.161 /
+    # 0.180, 0.243 / 0.253; 0.172 / 0.189, 0.264 / 0.276. Not for saved winners (max/min training).
+    (32, 64, 16, 4, 8, 8, 4, 1, 2, 1, 4),
+    (32, 64, 16, 4, 8, 8, 4, 1, 2, 2, 4),
+    (32, 64, 8, 4, 8, 8, 4, 1, 2, 1, 4),
+    (64, 64, 8, 8, 8, 8, 4, 1, 2, 1, 4),
+    (32, 32, 8, 4, 4, 8, 4, 1, 2, 2, 4),
+    # the register kernel (K_MODE 0-3): the first of these is the default for saved winners
     (64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
     (128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
@@ -364,8 +379,11 @@ def layout(cfg):
 def _fit(cfg, cg):
     """cfg with BLOCK_K halved until it divides the channels per group; None if it unrolls too much."""
     bk = cfg[2]
-    while bk > 1 and cg % bk:
+    ks = cfg[9] if cfg[-1] == 4 else 1  # the staged kernel's K slices take ks * bk channels a step
+    while bk > 1 and cg % (bk * ks):
         bk //= 2
+    if cg % (bk * ks):
+        return None
     # fully unrolled channel loop: its code grows with the channels (BLOCK_K x steps), and at 256
     # channels it outgrew the instruction cache (8.4 ms at N16 C256 O256 14x14, session 2)
     if cfg[-1] == 1 and cg > 64:
@@ -373,19 +391,32 @@ def _fit(cfg, cg):
     return cfg[:2] + (bk,) + tuple(cfg[3:])
 
 
-def launch(mod, args, kw, rows, og, groups, cg, cfg) -> bool:
-    """Run mod._fwd_gluon with one config; False (after a one-time warning) if it does not compile."""
+def launch(mod, args, kw, rows, og, groups, cg, cfg, raw=None) -> bool:
+    """Run mod._fwd_gluon with one config; False (after a one-time warning) if it does not compile.
+    args: the arguments with the input padded (or a function that makes them); raw: (arguments,
+    kw) with the input as it is and the zero padding done in the kernel, for the staged kernel."""
     if mod in _failed:
         return False
     bm, bn, bk = cfg[:3]
     grid = ((rows + bm - 1) // bm, (og + bn - 1) // bn, groups)
+    if cfg[-1] == 4 and raw is not None:
+        args, kw = raw
+    elif callable(args):
+        args = args()
     try:
-        opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=layout(cfg), K_MODE=cfg[-1], num_warps=cfg[7] * cfg[8])
+        if cfg[-1] == 4:  # operands staged through shared memory (gluon_staged.py)
+            fn = mod._fwd_staged
+            opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **gluon_staged.layouts(cfg),
+                        num_warps=gluon_staged.warps(cfg))
+        else:
+            fn = mod._fwd_gluon
+            opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=layout(cfg), K_MODE=cfg[-1],
+                        num_warps=cfg[7] * cfg[8])
         cap = tuning.env("LAMBDACONV_GLUON_FWD_MAXNREG")  # a register cap for every config (sweeps)
         cap = FWD_MAXNREG.get(cfg) if cap is None else (int(cap) or None)
         if cap:
             opts["maxnreg"] = cap
-        fast_launch(mod._fwd_gluon, grid, args, opts)
+        fast_launch(fn, grid, args, opts)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
         if tuning.env("LAMBDACONV_GLUON") == "strict":  # benchmarks and tests: fail loudly
             raise
@@ -395,7 +426,7 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg) -> bool:
     return True
 
 
-def forward(mod, args, kw, rows, og, groups, cg, portable) -> None:
+def forward(mod, args, kw, rows, og, groups, cg, portable, raw=None) -> None:
     """The forward through the fastest of the Gluon configs and the portable kernel (`portable()`),
     timed once per (module, geometry, batch-size bucket) as tuning.launch does."""
     from . import tuning
@@ -409,19 +440,19 @@ def forward(mod, args, kw, rows, og, groups, cg, portable) -> None:
     if hit is not None and hit[0] is kw and hit[1] is mod:
         best = hit[2]
     else:
-        best = _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune)
+        best = _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw)
         _fast[fkey] = (kw, mod, best)
-    if best == "portable" or not launch(mod, args, kw, rows, og, groups, cg, best):
+    if best == "portable" or not launch(mod, args, kw, rows, og, groups, cg, best, raw):
         portable()
 
 
-def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune):
+def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     """The config to launch (or "portable"): the only candidate, or the fastest, timed once per
     (module, kw, batch-size bucket)."""
-    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] == 3)]
+    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] >= 3)]
     if forced is not None:  # an index into CONFIGS, or a config written out "64,64,4,..." (sweeps)
         cfg = tuple(int(v) for v in forced.split(",")) if "," in forced else CONFIGS[int(forced)]
-        cands = [c for c in [_fit(cfg, cg)] if c is not None]
+        cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and c[-1] == 4)]
     elif not tune:
         cands = cands[:1]
     if not cands:
@@ -435,10 +466,10 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune):
 
         timed = []
         for c in cands:
-            if not launch(mod, args, kw, rows, og, groups, cg, c):
+            if not launch(mod, args, kw, rows, og, groups, cg, c, raw):
                 break  # did not compile: nothing else will
-            timed.append((do_bench(lambda: launch(mod, args, kw, rows, og, groups, cg, c), warmup=10, rep=40,
-                                   return_mode="median"), c))
+            timed.append((do_bench(lambda: launch(mod, args, kw, rows, og, groups, cg, c, raw), warmup=10,
+                                   rep=40, return_mode="median"), c))
         timed.append((do_bench(portable, warmup=10, rep=40, return_mode="median"), "portable"))
         best = _chosen[key] = min(timed, key=lambda v: v[0])[1]  # a string, never None: None is "not tuned"
         TUNE_LOG.append({"module": mod.__name__, "CG": cg, "OG": og, "rows": rows,
