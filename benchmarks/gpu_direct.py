@@ -196,12 +196,12 @@ def run(args):
 
 def sweep():
     """Forward of each Gluon config against the portable kernel; per-kernel times of fwd+bwd."""
-    from lambdaconv.backends.triton import gluon
+    from lambdaconv.backends.triton import gluon, gluon_staged
     torch.backends.cudnn.allow_tf32 = False
     base = list(gluon.CONFIGS)
     SWEEP = base  # noqa: N806
     s1, s2 = SHAPES
-    staged = [c for c in SWEEP if c[-1] == 4]  # shared-memory staged (session 6)
+    staged = [c for c in SWEEP if gluon_staged.is_staged(c)]  # shared-memory staged (session 6)
     # more staged configs to try, "a,b,...;c,d,..." (LC_SWEEP_EXTRA): timed next to CONFIGS' ones
     extra = [tuple(int(v) for v in c.split(",")) for c in os.environ.get("LC_SWEEP_EXTRA", "").split(";") if c]
     staged += extra
@@ -211,7 +211,7 @@ def sweep():
             (s1, "sigmoid(A*x)*B", torch.float32, [SWEEP[0], SWEEP[2], SWEEP[3]]),
             (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4] + staged)]
     if os.environ.get("LC_SWEEP_STAGED_ONLY"):  # the first config for reference, then the staged ones
-        plan = [(a, b, c, [d[0]] + [e for e in d if e[-1] == 4]) for a, b, c, d in plan if "sigmoid" not in b]
+        plan = [(a, b, c, [d[0]] + [e for e in d if gluon_staged.is_staged(e)]) for a, b, c, d in plan if "sigmoid" not in b]
     for sname, oname, dt, cfgs in plan:
         shape = SHAPES[sname]
         n, c, o, s = shape
@@ -227,8 +227,7 @@ def sweep():
         os.environ["LAMBDACONV_GLUON"] = "strict"
         for cfg in cfgs:
             gluon.CONFIGS[:] = [cfg]
-            gluon._fast.clear()  # the launch decisions are cached per CONFIGS object, which is the same list
-            gluon._chosen.clear()
+            gluon.clear_decisions()  # they are cached per CONFIGS object, which is the same list
             try:
                 with torch.no_grad():
                     y = f(x, ws).float()

@@ -19,7 +19,7 @@ import re
 import sys
 
 import lambdaconv as lc  # noqa: F401  (registers everything)
-from lambdaconv.backends.triton import gluon, gluon_bwd
+from lambdaconv.backends.triton import gluon, gluon_bwd, gluon_staged
 from lambdaconv.ir.spec import resolve_op
 
 GEOM = dict(C=64, CG=64, O=64, OG=64, ID=1, IH=58, IW=58, OD=1, OH=56, OW=56, KD=1, KH=3, KW=3,
@@ -123,8 +123,7 @@ def main(argv=None) -> int:
         cfg = tuple(int(v) for v in a.cfg.split(",")) if a.cfg else gluon.CONFIGS[a.config]
         bm, bn, bk, tm, tn = cfg[:5]
         g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-        if cfg[-1] == 4:  # staged through shared memory (gluon_staged.py), zero padding in the kernel
-            from lambdaconv.backends.triton import gluon_staged
+        if gluon_staged.is_staged(cfg):  # staged through shared memory (gluon_staged.py), zero padding in the kernel
             g.update(gluon_staged.layouts(cfg), IH=56, IW=56, PH=1, PW=1)
             sass = _compile(mod._fwd_staged, g, gluon_staged.warps(cfg), a.dtype, maxnreg=a.maxnreg)
         else:

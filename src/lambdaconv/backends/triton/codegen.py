@@ -17,6 +17,11 @@ import math
 
 from ...ir.expr import Expr, topo_order
 
+def indent(text: str, n: int) -> str:
+    """text with every non-empty line indented by n spaces (generated code spliced into templates)."""
+    return "\n".join(" " * n + line if line else line for line in text.splitlines())
+
+
 _NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum / relu propagate NaN
 
 OPS_SRC = {

@@ -22,6 +22,7 @@ from string import Template
 
 from . import gluon_staged
 from . import templates as T
+from .codegen import indent as _indent
 from . import tuning
 from .launch import launch as fast_launch
 
@@ -222,10 +223,6 @@ REDUCE = {
 _HELPERS = ("_expm1(", "_log1p(", "_tanh(", "_atan(", "_pow(")
 
 
-def _indent(text: str, n: int) -> str:
-    return "\n".join(" " * n + line if line else line for line in text.splitlines())
-
-
 def source(spec, reduce: str, compute: str):
     """Gluon forward module text, or None where it does not apply."""
     from .codegen import depends, emit
@@ -360,6 +357,19 @@ CONFIGS = [
 # 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped; its spills cost more)
 FWD_MAXNREG: dict = {}
 
+def keeps_winners(cfg) -> bool:
+    """Whether the tuner may use cfg where max/min save their winning taps: the register kernel's
+    tap-major configs (K_MODE 0-2; channel-major 3 would break ties differently, the staged kernel
+    keeps none)."""
+    return cfg[-1] < 3
+
+
+def clear_decisions() -> None:
+    """Forget the launch decisions and tuning results (after changing CONFIGS in place: sweeps)."""
+    _fast.clear()
+    _chosen.clear()
+
+
 _failed = set()
 _modules: dict = {}
 _chosen: dict = {}
@@ -379,7 +389,7 @@ def layout(cfg):
 def _fit(cfg, cg):
     """cfg with BLOCK_K halved until it divides the channels per group; None if it unrolls too much."""
     bk = cfg[2]
-    ks = cfg[9] if cfg[-1] == 4 else 1  # the staged kernel's K slices take ks * bk channels a step
+    ks = cfg[9] if gluon_staged.is_staged(cfg) else 1  # the staged kernel's K slices: ks * bk channels a step
     while bk > 1 and cg % (bk * ks):
         bk //= 2
     if cg % (bk * ks):
@@ -399,12 +409,13 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg, raw=None) -> bool:
         return False
     bm, bn, bk = cfg[:3]
     grid = ((rows + bm - 1) // bm, (og + bn - 1) // bn, groups)
-    if cfg[-1] == 4 and raw is not None:
+    staged = gluon_staged.is_staged(cfg)  # operands staged through shared memory (gluon_staged.py)
+    if staged and raw is not None:
         args, kw = raw
     elif callable(args):
         args = args()
     try:
-        if cfg[-1] == 4:  # operands staged through shared memory (gluon_staged.py)
+        if staged:
             fn = mod._fwd_staged
             opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **gluon_staged.layouts(cfg),
                         num_warps=gluon_staged.warps(cfg))
@@ -449,10 +460,10 @@ def forward(mod, args, kw, rows, og, groups, cg, portable, raw=None) -> None:
 def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     """The config to launch (or "portable"): the only candidate, or the fastest, timed once per
     (module, kw, batch-size bucket)."""
-    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and c[-1] >= 3)]
+    cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and not keeps_winners(c))]
     if forced is not None:  # an index into CONFIGS, or a config written out "64,64,4,..." (sweeps)
         cfg = tuple(int(v) for v in forced.split(",")) if "," in forced else CONFIGS[int(forced)]
-        cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and c[-1] == 4)]
+        cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and gluon_staged.is_staged(c))]
     elif not tune:
         cands = cands[:1]
     if not cands:

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import functools
 
+from .codegen import indent as _indent
+
+K_MODE = 4  # the last element of a staged config in gluon.CONFIGS
+
 KERNEL = '''
 
 @gluon.jit
@@ -145,10 +149,6 @@ REDUCE = {
 HALF_SUM = ("if k == 0:\n    part = v\nelse:\n    part = part + v", "        acc += part.to(gl.float32)")
 
 
-def _indent(text: str, n: int) -> str:
-    return "\n".join(" " * n + line if line else line for line in text.splitlines())
-
-
 def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: str, finish_extra: str) -> str:
     """The _fwd_staged kernel's text (appended to gluon.py's module, which has the imports and the
     NaN-propagating max / min helpers). code / op_out: the op's Gluon code over xv and w_i."""
@@ -195,6 +195,10 @@ def layouts(cfg) -> dict:
                 LW=gl.BlockedLayout([1, 1, vec], [1, 32 // ln, ln], [ks, nw, 1], [2, 1, 0]),
                 SMX=gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]),
                 SMW=gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+
+
+def is_staged(cfg) -> bool:
+    return cfg[-1] == K_MODE
 
 
 def warps(cfg) -> int:
