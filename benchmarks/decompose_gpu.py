@@ -11,6 +11,8 @@
    from a CUDA graph (GPU work alone, no Python), and the profiler's kernel count and kernel time
    per call. "backend only" rows call the decompose backend on a prepared call, which separates
    the backend's cost from the functional front end's argument checking.
+   --interleaved ROUNDS: only the eager fwd+bwd, every variant once per round in a rotated order
+   (ratios to nn.Conv2d taken within each round), and each one's GPU work from a CUDA graph.
 3. Term threshold: compact ops (x*A + 1)**p, p terms after expansion, decompose vs each direct
    backend that runs on CUDA, forward.
 """
@@ -115,9 +117,8 @@ def host_time(fn, iters=100) -> float:
     return (time.perf_counter() - t) / iters * 1e3
 
 
-def bars() -> dict:
-    from triton.testing import do_bench
-
+def variants():
+    """(x, name -> (fn of x, its parameters)): nn.Conv2d and the offset / quadratic layers."""
     torch.manual_seed(0)
     N, C, O, S = 16, 64, 64, 56
     x = torch.randn(N, C, S, S, device=DEV, requires_grad=True)
@@ -135,6 +136,9 @@ def bars() -> dict:
         bb = torch.baddbmm(bias.view(o, 1, 1), A.reshape(o, 1, -1), B.reshape(o, -1, 1), alpha=-1).view(o)
         return F.conv2d(x, A, bb, padding=1)
 
+    def folded(x):  # the same as plain torch ops with the constant as mul, sum and add (what lc offset runs)
+        return F.conv2d(x, A, torch.add(bias, torch.mul(A, B).sum((1, 2, 3)), alpha=-1), padding=1)
+
     def backend_only(layer, op):
         names = layer.weight_names
         ws = {n: getattr(layer, n) for n in names}
@@ -142,33 +146,84 @@ def bars() -> dict:
         be = backends.registry.get("decompose")
         return lambda x: be.run(x, layer.bias, {n: getattr(layer, n) for n in names}, call)
 
-    variants = {
+    return x, {
         "nn.Conv2d": (conv, [conv.weight, conv.bias]),
         "hand offset": (hand, [A, B, bias]),
         "lc offset": (off, [A, B, bias]),
         "plain offset": (plain, [A, B, bias]),
+        "folded offset": (folded, [A, B, bias]),
         "lc quadratic": (quad, [quad.A, quad.B, quad.bias]),
         "offset backend only": (backend_only(off, "offset"), [A, B, bias]),
         "quadratic backend only": (backend_only(quad, "quadratic"), [quad.A, quad.B, quad.bias]),
     }
-    gy32 = torch.randn(N, O, S, S, device=DEV)
-    res = {}
+
+
+def steps(x, f, params, amp, gy):
+    """(fwd+bwd step, no_grad forward) of one variant, as timed."""
+    leaves = [x] + params
+
+    def step():
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            y = f(x)
+        return torch.autograd.grad(y, leaves, gy)
+
+    def fwd():
+        with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            return f(x)
+    return step, fwd
+
+
+def modes():
+    """(mode, autocast on, x, variants, output gradient) for float32 and bfloat16 autocast."""
+    x, vs = variants()
+    gy32 = torch.randn(x.shape[0], 64, *x.shape[2:], device=DEV)
     for mode in ("float32", "bf16 autocast"):
         amp = mode != "float32"
-        gy = gy32.to(torch.bfloat16) if amp else gy32
+        yield mode, amp, x, vs, (gy32.to(torch.bfloat16) if amp else gy32)
+
+
+def eager_interleaved(rounds: int) -> dict:
+    """Eager fwd+bwd (do_bench median, as the bar) of every variant, interleaved: each round times
+    every variant once in a rotated order, and the ratio to nn.Conv2d is taken within the round.
+    The GPU machine's host speed drifts between do_bench calls by more than the variants differ
+    (session 5: nn.Conv2d 0.44 ms in one run, 0.64 in another), so back-to-back blocks per variant
+    confound the two; the median over rounds of the per-round ratio does not."""
+    from triton.testing import do_bench
+    out = {}
+    for mode, amp, x, vs, gy in modes():
+        fns = {name: steps(x, v[0], v[1], amp, gy)[0] for name, v in vs.items()}
+        times = {name: [] for name in fns}
+        names = list(fns)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                times[name].append(do_bench(fns[name], warmup=5, rep=25, return_mode="median"))
+        graph = {}
+        for name in names:  # GPU work of the same step (no host time), for the eager figures' context
+            try:
+                graph[name] = graph_time(fns[name])
+            except Exception as err:
+                graph[name] = f"failed: {type(err).__name__}: {err}"
+        base = times["nn.Conv2d"]
+        out[mode] = {name: {"fwd_bwd_ms": statistics.median(t), "graph_ms": graph[name],
+                            "ratio_median_of_rounds": statistics.median(a / b for a, b in zip(t, base)),
+                            "ratio_min_max": [min(a / b for a, b in zip(t, base)), max(a / b for a, b in zip(t, base))]}
+                     for name, t in times.items()}
+        for name, r in out[mode].items():
+            gr = r["graph_ms"] / out[mode]["nn.Conv2d"]["graph_ms"] if isinstance(r["graph_ms"], float) else float("nan")
+            print(f"interleaved {mode:14s} {name:26s} {r['fwd_bwd_ms']:.4f} ms  ratio {r['ratio_median_of_rounds']:.3f}x "
+                  f"[{r['ratio_min_max'][0]:.2f}, {r['ratio_min_max'][1]:.2f}]  graph {r['graph_ms']:.4f} ms {gr:.3f}x",
+                  flush=True)
+    return out
+
+
+def bars() -> dict:
+    from triton.testing import do_bench
+
+    res = {}
+    for mode, amp, x, variants_, gy in modes():
         res[mode] = {}
-        for name, (f, params) in variants.items():
-            leaves = [x] + params
-
-            def step(f=f, leaves=leaves, gy=gy, amp=amp):
-                with torch.autocast(DEV, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-                    y = f(x)
-                return torch.autograd.grad(y, leaves, gy)
-
-            def fwd(f=f, amp=amp):
-                with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-                    return f(x)
-
+        for name, (f, params) in variants_.items():
+            step, fwd = steps(x, f, params, amp, gy)
             r = {"fwd_bwd_ms": do_bench(step, warmup=50, rep=300, return_mode="median"),
                  "fwd_ms": do_bench(fwd, warmup=50, rep=200, return_mode="median")}
             for key, fn in (("fwd_bwd_graph_ms", lambda: graph_time(step)), ("profile", lambda: kernel_profile(step)),
@@ -252,6 +307,8 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--budget", type=float, default=240.0, help="seconds after which optional parts are skipped")
     ap.add_argument("--render", help="only write the markdown of this result JSON next to it")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                    help="only the eager fwd+bwd of every variant, interleaved over ROUNDS rounds")
     args = ap.parse_args()
     if args.render:
         with open(args.render) as f:
@@ -261,6 +318,13 @@ def main():
         print(text)
         return
     os.makedirs(args.out, exist_ok=True)
+    if args.interleaved:
+        torch.backends.cudnn.allow_tf32 = os.environ.get("LC_TF32", "1") != "0"
+        with open(os.path.join(args.out, "decompose_gpu_interleaved.json"), "w") as f:
+            json.dump({"tf32": torch.backends.cudnn.allow_tf32, "rounds": args.interleaved,
+                       "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "eager_fwd_bwd": eager_interleaved(args.interleaved)}, f, indent=1)
+        return
     res = {"meta": {"torch": torch.__version__, "device": torch.cuda.get_device_name(),
                     "cudnn": torch.backends.cudnn.version(), "python": sys.version.split()[0]}}
     print(res["meta"], flush=True)

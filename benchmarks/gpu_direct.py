@@ -212,6 +212,10 @@ def sweep():
             (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4] + staged)]
     if os.environ.get("LC_SWEEP_STAGED_ONLY"):  # the first config for reference, then the staged ones
         plan = [(a, b, c, [d[0]] + [e for e in d if gluon_staged.is_staged(e)]) for a, b, c, d in plan if "sigmoid" not in b]
+    only = os.environ.get("LC_SWEEP_ONLY")  # "shape/op/dtype" substrings, e.g. "56x56/adder/float16"
+    if only:
+        plan = [e for e in plan if all(part in f"{e[0]}/{e[1]}/{e[2]}" for part in only.split("/"))]
+    caps = [int(v) for v in os.environ.get("LC_SWEEP_MAXNREG", "0").split(",")]  # register caps per config (0: none)
     for sname, oname, dt, cfgs in plan:
         shape = SHAPES[sname]
         n, c, o, s = shape
@@ -225,18 +229,20 @@ def sweep():
             ms = graph_ms(lambda: f(x, ws), 10)  # GPU work: the host time per call hides the kernels
         print(f"{sname} {oname} {dt} portable {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%}", flush=True)
         os.environ["LAMBDACONV_GLUON"] = "strict"
-        for cfg in cfgs:
+        for cfg, cap in ((c, cap) for c in cfgs for cap in caps):
             gluon.CONFIGS[:] = [cfg]
             gluon.clear_decisions()  # they are cached per CONFIGS object, which is the same list
+            os.environ["LAMBDACONV_GLUON_FWD_MAXNREG"] = str(cap)
             try:
                 with torch.no_grad():
                     y = f(x, ws).float()
                     err = ((y - ref).norm() / ref.norm()).item()
                     ms = graph_ms(lambda: f(x, ws), 10)
-                print(f"{sname} {oname} {dt} {cfg} {ms:.3f} ms {taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%} "
-                      f"err {err:.1e}", flush=True)
+                print(f"{sname} {oname} {dt} {cfg} maxnreg {cap or '-'} {ms:.3f} ms "
+                      f"{taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%} err {err:.1e}", flush=True)
             except Exception as err:
                 print(f"{sname} {oname} {dt} {cfg} failed {type(err).__name__}: {str(err)[:300]}", flush=True)
+    os.environ.pop("LAMBDACONV_GLUON_FWD_MAXNREG", None)
     gluon.CONFIGS[:] = base
     os.environ["LAMBDACONV_GLUON"] = "1"
     if os.environ.get("LC_SWEEP_KERNELS", "1") != "0":

@@ -103,36 +103,6 @@ else:
         x, ws, b = make_inputs(2, 2, 2, (6, 6), _w(3, 2, 3, 2), dtype=torch.float16)
         check_backend("triton", 2, x, "dilation", ws, b, padding=1)
 
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-    @pytest.mark.parametrize("bias", [True, False])
-    def test_decompose_offset_fused_kernels(monkeypatch, dtype, bias):
-        """The offset layer's constant and post-conv gradients as triton/affine.py's kernels (what
-        CUDA runs), against the reference and against the torch-op path, every subset of gradients."""
-        from lambdaconv.backends.triton import affine
-
-        used = []
-        for name in ("constant", "grads"):
-            real = getattr(affine, name)
-            monkeypatch.setattr(affine, name, lambda *a, _f=real, _n=name: used.append(_n) or _f(*a))
-        monkeypatch.setenv("LAMBDACONV_DECOMPOSE_FUSED", "interpret")
-        x, ws, b = make_inputs(2, 2, 4, (6, 6), _w(6, 2, 3, 2, ("A", "B")), dtype=dtype, bias=bias)
-        kw = dict(padding=1, groups=2, stride=(1, 2))
-        check_backend("decompose", 2, x, "offset", ws, b, **kw)
-        assert used == ["constant", "grads"]
-        for wanted in ([x], [ws["A"]], [ws["B"]], [ws["A"], ws["B"]] + ([b] if bias else [])):
-            y = lc.conv2d(x, "offset", ws, b, **kw)
-            got = torch.autograd.grad(y.float().square().sum(), wanted)
-            monkeypatch.setenv("LAMBDACONV_DECOMPOSE_FUSED", "0")
-            y0 = lc.conv2d(x, "offset", ws, b, **kw)
-            want = torch.autograd.grad(y0.float().square().sum(), wanted)
-            monkeypatch.setenv("LAMBDACONV_DECOMPOSE_FUSED", "interpret")
-            assert torch.equal(y, y0) or rel_err(y, y0) < TOL_FUSED[dtype]
-            for a, r in zip(got, want):
-                assert a.dtype == r.dtype and a.shape == r.shape and rel_err(a, r) < TOL_FUSED[dtype]
-        assert used.count("grads") == 5
-
-    TOL_FUSED = {torch.float32: 1e-6, torch.float16: 1e-3}
-
     @pytest.mark.parametrize("d,size,kw", [(1, (7,), dict(padding=2)), (2, (5, 6), dict(padding="same")),
                                            (2, (4, 5), dict(padding=(1, 0))), (3, (3, 4, 5), dict(padding=1))])
     def test_pad_kernel_is_f_pad(d, size, kw):

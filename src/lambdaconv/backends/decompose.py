@@ -13,10 +13,10 @@ small reductions over the weights. Exact at the borders:
   ignore    g_i(x) is zero-padded (padded taps contribute nothing); c(w) counts only at valid taps,
             so it is a convolution of the validity mask with sum_c c(w)[o, c, k]; mean divides by
             the valid-tap count (the mask convolved with ones) instead of Cg*K.
-Gradients are torch autograd's through these calls, except in two autograd Functions that write
-the same chain rule with fewer kernels (_Stack below, AffineConv in affine_conv.py; gradcheck-tested). Under
-torch.compile both are skipped for plain aten ops, and without a graph to record (inference) they
-are called as plain functions.
+Gradients are torch autograd's through these calls, except in one autograd Function that writes
+the same chain rule with fewer kernels (_Stack below; gradcheck-tested). Under torch.compile it is
+skipped for plain aten ops, and without a graph to record (inference) it is called as a plain
+function.
 
 Exact means algebraically equal, term for term, for finite values; NaN anywhere in x or the
 weights still reaches every output it touches. Infinities can differ from the reference where the
@@ -32,10 +32,10 @@ once, into the low-precision stack.
 
 Speed: for T >= 2 terms the stack is one buffer in the conv dtype that each g_i writes into in
 place (no float32 intermediates, no cat copy), and its backward is one fused multiply-add per term,
-sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) has its own Function (affine_conv.py):
-on CUDA its constant is one small kernel and every gradient after the conv's another. At small sizes the
-host time per call outweighs the kernels, so whatever is fixed per call signature (the _Recipe,
-the Functions' arguments) is decided once in runner(call), which functional.convnd keeps.
+sum_i g_i'(x) * dG_i (_Stack). The offset layer A*(x - B) is conv(x, A, bias - sum_taps(A*B)): four
+aten ops with C++ autograd (runner's affine). At small sizes the host time per call outweighs the
+kernels, so whatever is fixed per call signature (the _Recipe, the conv arguments) is decided once
+in runner(call), which functional.convnd keeps.
 """
 from __future__ import annotations
 
@@ -52,7 +52,6 @@ from ..ir import OpSpec, partials, topo_order
 from ..ir.ops import OPS
 from ..ir.sympy_bridge import separate, value_at_zero
 from ..plan import plan_for
-from .affine_conv import AffineConv as _AffineConv, affine_cfg as _affine_cfg, fused as _fused
 from .registry import Backend, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -158,7 +157,7 @@ class _Lowering:
     const: object  # compiled c(w) without its numeric factor, or None
     const_scale: float  # c(w) = const_scale * const(w)
     zero_safe: bool  # every g_i(0) == 0: zero padding commutes with g
-    affine: tuple = ()  # (P, Q) when op = x*P + const_scale*P*Q (the offset layer): _AffineConv
+    affine: tuple = ()  # (P, Q) when op = x*P + const_scale*P*Q (the offset layer): runner's affine
 
 
 @lru_cache(maxsize=256)
@@ -310,24 +309,24 @@ def _make_runner(call):
     if not (low.affine and not r.ignore and r.mean_scale == 1.0):
         return general
     pn, qn = low.affine
-    k = _affine_cfg(r, low.const_scale, g.dims)
-    full, pre = r.full, r.pre
+    alpha, sdims, full, pre = low.const_scale, r.sum_dims, r.full, r.pre
+    conv, stride, padding, dilation, groups = r.conv, r.stride, r.padding, r.dilation, r.groups
 
     def affine(x, bias, weights):
+        """The offset layer A*(x - B) = conv(x, P) + bias + alpha * sum_taps(P*Q) as four aten ops
+        (mul, sum, add, conv) under torch's C++ autograd: on the H100 machine's host a Python
+        autograd Function around the same conv cost more host time per fwd+bwd than the three small
+        weight-sized kernels it saved (session 7: eager 1.92x nn.Conv2d against 1.52x for these ops).
+        Under autocast the conv casts x, P and the bias as nn.Conv2d does; the constant stays fp32."""
         P, Q = weights[pn], weights[qn]
-        if torch.compiler.is_compiling() or P.shape != full or Q.shape != full:
-            return general(x, bias, weights)
-        dts = _dtypes(x) + (_fused(x, P, Q, bias),)
-        xin = pad_input(x, g) if pre else x
-        # no graph to record (inference): the same computation without the Function's overhead
-        fn = _AffineConv.apply if torch.is_grad_enabled() and (
-            xin.requires_grad or P.requires_grad or Q.requires_grad or (bias is not None and bias.requires_grad)) \
-            else lambda *a: _AffineConv.run(*a)[0]
-        if dts[1] == x.dtype:
-            return fn(xin, P, Q, bias, k, dts)
-        with _autocast_off(x):  # the dtypes are chosen above; autocast would run the bmm in bf16
-            return fn(xin, P, Q, bias, k, dts)
-
+        dt = x.dtype
+        if (dt is not torch.float32 and dt is not torch.float64) or P.dtype is not dt or Q.dtype is not dt \
+                or (bias is not None and bias.dtype is not dt) or P.shape != full or Q.shape != full \
+                or torch.compiler.is_compiling():
+            return general(x, bias, weights)  # half inputs, mixed dtypes, broadcast weights: the same math
+        s = torch.mul(P, Q).sum(sdims)
+        b = torch.mul(s, alpha) if bias is None else torch.add(bias, s, alpha=alpha)
+        return conv(pad_input(x, g) if pre else x, P, b, stride, padding, dilation, groups)
     return affine
 
 
