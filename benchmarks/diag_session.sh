@@ -16,7 +16,7 @@ NCU="ncu --clock-control none --profile-from-start off --section SpeedOfLight --
 } > "$OUT/tables.txt" 2>&1
 echo "tables rc=$?"
 timeout 150 $NCU $P --op adder > "$OUT/ncu_adder.txt" 2>&1; echo "ncu adder rc=$?"
-LAMBDACONV_GLUON_FWD_CONFIG=10 timeout 60 $NCU $P --op adder --fwd-only > "$OUT/ncu_fwd_kmode3.txt" 2>&1
+LAMBDACONV_GLUON_FWD_CONFIG=11 timeout 60 $NCU $P --op adder --fwd-only > "$OUT/ncu_fwd_kmode3.txt" 2>&1
 echo "ncu kmode3 rc=$?"
 timeout 120 python3 benchmarks/host_overhead.py --device cuda --ops --direct --rounds 30 > "$OUT/host_cuda.md" 2>&1
 echo "host rc=$?"

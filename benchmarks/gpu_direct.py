@@ -208,6 +208,7 @@ def sweep():
     SWEEP = SWEEP + extra  # noqa: N806
     plan = [(s1, "adder", torch.float32, SWEEP), (s1, "max-plus", torch.float32, SWEEP),
             (s1, "max-plus", torch.float16, SWEEP[:4] + staged), (s1, "adder", torch.float16, SWEEP[:2] + staged),
+            (s2, "adder", torch.float16, SWEEP[:2] + staged),
             (s1, "sigmoid(A*x)*B", torch.float32, [SWEEP[0], SWEEP[2], SWEEP[3]]),
             (s2, "adder", torch.float32, SWEEP), (s2, "max-plus", torch.float32, SWEEP[:4] + staged)]
     if os.environ.get("LC_SWEEP_STAGED_ONLY"):  # the first config for reference, then the staged ones
@@ -215,7 +216,8 @@ def sweep():
     only = os.environ.get("LC_SWEEP_ONLY")  # "shape/op/dtype" substrings, e.g. "56x56/adder/float16"
     if only:
         plan = [e for e in plan if all(part in f"{e[0]}/{e[1]}/{e[2]}" for part in only.split("/"))]
-    caps = [int(v) for v in os.environ.get("LC_SWEEP_MAXNREG", "0").split(",")]  # register caps per config (0: none)
+    # register caps to time each config with ("0": none); unset: each config's own (gluon.FWD_MAXNREG)
+    caps = [int(v) for v in os.environ["LC_SWEEP_MAXNREG"].split(",")] if os.environ.get("LC_SWEEP_MAXNREG") else [None]
     for sname, oname, dt, cfgs in plan:
         shape = SHAPES[sname]
         n, c, o, s = shape
@@ -232,13 +234,15 @@ def sweep():
         for cfg, cap in ((c, cap) for c in cfgs for cap in caps):
             gluon.CONFIGS[:] = [cfg]
             gluon.clear_decisions()  # they are cached per CONFIGS object, which is the same list
-            os.environ["LAMBDACONV_GLUON_FWD_MAXNREG"] = str(cap)
+            if cap is not None:
+                os.environ["LAMBDACONV_GLUON_FWD_MAXNREG"] = str(cap)
             try:
                 with torch.no_grad():
                     y = f(x, ws).float()
                     err = ((y - ref).norm() / ref.norm()).item()
                     ms = graph_ms(lambda: f(x, ws), 10)
-                print(f"{sname} {oname} {dt} {cfg} maxnreg {cap or '-'} {ms:.3f} ms "
+                cap_used = gluon.FWD_MAXNREG.get(cfg) if cap is None else cap
+                print(f"{sname} {oname} {dt} {cfg} maxnreg {cap_used or '-'} {ms:.3f} ms "
                       f"{taps / ms / 1e-3 / ROOF_TAPS_PER_S:.0%} err {err:.1e}", flush=True)
             except Exception as err:
                 print(f"{sname} {oname} {dt} {cfg} failed {type(err).__name__}: {str(err)[:300]}", flush=True)

@@ -190,7 +190,7 @@ def test_gluon_fallback_warns_once(monkeypatch):
     assert torch.equal(y, y2)
 
 
-@pytest.mark.parametrize("i", range(14))
+@pytest.mark.parametrize("i", range(16))
 @pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
                                           ("dilation", None, ("weight",)), ("-(x-weight)**2", "mean", ("weight",))])
 def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
@@ -290,7 +290,7 @@ def test_gluon_backward_dims(d, monkeypatch):
     check(d, "adder", None, c=6, o=10, size=7 if d == 3 else 30, padding=1)
 
 
-@pytest.mark.parametrize("i", range(14))
+@pytest.mark.parametrize("i", range(16))
 @pytest.mark.parametrize("op,reduce,kw", [("dilation", None, dict(padding=1)), ("erosion", None, dict(padding=1, stride=2)),
                                           ("-(x+weight)", "max", dict(padding=2, dilation=2, groups=2))])
 def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):

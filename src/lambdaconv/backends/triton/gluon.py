@@ -338,6 +338,9 @@ CONFIGS = [
     # 16); 0.170 / 0.184, 0.164 / 0.179 (2 K slices: more warps where the grid is small); 0.161 /
     # 0.180, 0.243 / 0.253; 0.172 / 0.189, 0.264 / 0.276. Not for saved winners (max/min training).
     (32, 64, 16, 4, 8, 8, 4, 1, 2, 1, 4),
+    # session 7: 4 warps, capped at 80 registers (FWD_MAXNREG): fp16 adder 0.111 ms against 0.117
+    # for the first (device runs 1-2, `h100/fwd_sweep_fp16_session7.txt`); uncapped 0.117
+    (64, 64, 16, 4, 8, 8, 4, 2, 2, 1, 4),
     (32, 64, 16, 4, 8, 8, 4, 1, 2, 2, 4),
     (32, 64, 8, 4, 8, 8, 4, 1, 2, 1, 4),
     (64, 64, 8, 8, 8, 8, 4, 1, 2, 1, 4),
@@ -353,9 +356,9 @@ CONFIGS = [
     (128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # session 4: half the live x / w values of config 1 per step
     (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps (0.189 ms; capped for 3 programs per SM: slower)
 ]
-# register caps per config, from measurements: none helps yet (session 4, H100: config 8 capped at
-# 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped; its spills cost more)
-FWD_MAXNREG: dict = {}
+# register caps per config, from measurements (session 4, H100: the register kernel's config 8 capped
+# at 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped: its spills cost more)
+FWD_MAXNREG: dict = {(64, 64, 16, 4, 8, 8, 4, 2, 2, 1, 4): 80}
 
 def keeps_winners(cfg) -> bool:
     """Whether the tuner may use cfg where max/min save their winning taps: the register kernel's
