@@ -282,7 +282,8 @@ def host():
     import cProfile
     import io
     import pstats
-    x, ws = inputs(SHAPES["N16 C64 O64 56x56"], ("W",), torch.float32)
+    dt = getattr(torch, os.environ.get("LC_HOST_DTYPE", "float32"))  # float16: the packed-half forward
+    x, ws = inputs(SHAPES["N16 C64 O64 56x56"], ("W",), dt)
     f = lc_impl("-abs(x-W)", "sum", "triton")
     with torch.no_grad():
         f(x, ws)
@@ -293,7 +294,7 @@ def host():
         t1 = time.perf_counter()
         torch.cuda.synchronize()
         t2 = time.perf_counter()
-        print(f"host {(t1 - t0) / 50 * 1e6:.0f} us per call; GPU drained {(t2 - t1) * 1e3:.2f} ms after; "
+        print(f"{dt}: host {(t1 - t0) / 50 * 1e6:.0f} us per call; GPU drained {(t2 - t1) * 1e3:.2f} ms after; "
               f"do_bench {bench(lambda: f(x, ws)):.3f} ms", flush=True)
         prof = cProfile.Profile()
         prof.enable()
