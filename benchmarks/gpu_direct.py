@@ -305,6 +305,14 @@ def host():
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
     print(out.getvalue())
+    # the same calls under torch.profiler: CPU time of each aten op and CUDA runtime call (what
+    # cProfile does not see: time inside C++, waits in cudaLaunchKernel)
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as tp:
+        for _ in range(20):
+            f(x, ws)
+        torch.cuda.synchronize()
+    print(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
 
 
 def markdown(res) -> str:
