@@ -186,3 +186,14 @@ def emit(exprs, x_var: str, weight_vars: dict, indent: int, prefix: str = "_v"):
     p = Printer({("input", "x"): x_var, **{("weight", k): v for k, v in weight_vars.items()}}, prefix)
     outs = [p.value(e) for e in exprs]
     return p.code(indent), outs
+
+
+# Both Gluon forwards' output tile (gluon.py, gluon_staged.py): rows m and out channels n of this
+# program in the accumulator's layout LC, their offsets into y (N, O, *out) and the bounds mask.
+OUTPUT_TILE = """\
+    offs_mc = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LC))
+    offs_nc = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LC))
+    nc = offs_mc // P
+    pc = offs_mc % P
+    y_off = gl.expand_dims(nc.to(gl.int64) * (O * P) + pc, 1) + gl.expand_dims((g * OG + offs_nc) * P, 0)
+    mask = gl.expand_dims(offs_mc < n_rows, 1) & gl.expand_dims(offs_nc < OG, 0)"""

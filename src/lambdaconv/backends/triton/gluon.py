@@ -22,7 +22,7 @@ from string import Template
 
 from . import gluon_staged
 from . import templates as T
-from .codegen import indent as _indent
+from .codegen import OUTPUT_TILE, indent as _indent
 from . import tuning
 from .launch import launch as fast_launch
 
@@ -133,12 +133,7 @@ $STEP
                 for c0 in range(0, CG, BLOCK_K):
 $STEP
 $FINISH
-    offs_mc = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LC))
-    offs_nc = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LC))
-    nc = offs_mc // P
-    pc = offs_mc % P
-    y_off = gl.expand_dims(nc.to(gl.int64) * (O * P) + pc, 1) + gl.expand_dims((g * OG + offs_nc) * P, 0)
-    mask = gl.expand_dims(offs_mc < n_rows, 1) & gl.expand_dims(offs_nc < OG, 0)
+$OUTPUT_TILE
 $WINNER
     if HAS_BIAS:
         res += gl.expand_dims(gl.load(bias_ptr + g * OG + offs_nc, mask=offs_nc < OG, other=0.0).to(gl.float32), 0)
@@ -272,7 +267,7 @@ def source(spec, reduce: str, compute: str):
         PIPE_BODY=_indent(pipe, 12), W_FIRST=lines("w{i}_cur = gl.load(w{i}_ptr + b_off)", 8),
         W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", 12),
         W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12),
-        STEP3=_indent(step3, 16))
+        STEP3=_indent(step3, 16), OUTPUT_TILE=OUTPUT_TILE)
     head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce)
     staged = gluon_staged.source(names, reduce, compute, code, op_out,
                                  T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 
-from .codegen import indent as _indent
+from .codegen import OUTPUT_TILE, indent as _indent
 
 K_MODE = 4  # the last element of a staged config in gluon.CONFIGS
 
@@ -122,12 +122,7 @@ $W_STORE
         $BARRIER
 $FINISH
     LC: gl.constexpr = gl.SliceLayout(0, LA)
-    offs_mc = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LC))
-    offs_nc = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LC))
-    nc = offs_mc // P
-    pc = offs_mc % P
-    y_off = gl.expand_dims(nc.to(gl.int64) * (O * P) + pc, 1) + gl.expand_dims((g * OG + offs_nc) * P, 0)
-    mask = gl.expand_dims(offs_mc < n_rows, 1) & gl.expand_dims(offs_nc < OG, 0)
+$OUTPUT_TILE
     if HAS_BIAS:
         res += gl.expand_dims(gl.load(bias_ptr + g * OG + offs_nc, mask=offs_nc < OG, other=0.0).to(gl.float32), 0)
     gl.store(y_ptr + y_off, res.to(y_ptr.dtype.element_ty), mask=mask)
@@ -161,7 +156,7 @@ def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: s
     def lines(fmt, n):
         return _indent("\n".join(fmt.format(i=i) for i in idx), n)
     barrier = "gl.barrier()" if hasattr(gl, "barrier") else "gl.thread_barrier()"  # renamed after triton 3.6
-    return (KERNEL.replace("$BARRIER", barrier)
+    return (KERNEL.replace("$BARRIER", barrier).replace("$OUTPUT_TILE", OUTPUT_TILE.rstrip("\n"))
             .replace("$W_ARGS", "\n".join(f"    w{i}_ptr,  # weight {n!r}, (G, CG * T, OG)" for i, n in enumerate(names)))
             .replace("$GEOMETRY", geometry)
             .replace("$W_ALLOC", lines("w{i}s = gl.allocate_shared_memory(w{i}_ptr.dtype.element_ty, "
