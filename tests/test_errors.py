@@ -117,3 +117,10 @@ def test_error_message_carries_the_call_context():
     with pytest.raises(ValueError) as e:
         lc.conv2d(X, "A*(x-B)", {"A": W["weight"]})
     assert "A*(x-B)" in str(e.value) and "(2, 4, 6, 6)" in str(e.value)
+
+
+def test_error_context_shows_shapes_never_values():
+    # a tensor passed where the weights dict goes: its shape in the message, not its repr
+    with pytest.raises(TypeError, match="dict") as e:
+        lc.conv2d(X, "adder", W["weight"])
+    assert "Tensor (3, 4, 3, 3)" in str(e.value) and len(str(e.value)) < 300

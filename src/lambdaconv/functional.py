@@ -61,8 +61,11 @@ def conv3d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
 
 
 def _context(op, x, weights) -> str:
-    shapes = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)} \
-        if isinstance(weights, dict) else weights
+    if isinstance(weights, dict):
+        shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in weights.items()}
+    else:  # never the values: a tensor's repr is thousands of lines
+        shapes = f"{type(weights).__name__} {tuple(weights.shape)}" if isinstance(weights, torch.Tensor) \
+            else type(weights).__name__
     xs = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
     return f"\n  in lambdaconv conv with op={op if isinstance(op, str) else getattr(op, '__name__', op)!r}, " \
            f"input {xs}, weights {shapes}"
