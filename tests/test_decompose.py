@@ -245,3 +245,20 @@ def test_inference_path_matches(op):
     y = lc.conv2d(x, op, ws, b, **kw)
     with torch.no_grad():
         assert torch.equal(lc.conv2d(x, op, ws, b, **kw), y)
+
+
+def test_offset_runner_follows_dtype_changes_of_one_layer():
+    """The cached runner is specialized per call signature: the same layer in float32, then in
+    float64, then with a half bias (mixed dtypes: the general path), matches the reference each time."""
+    layer = lc.Conv2d(4, 6, 3, padding=1, op="offset")
+    x = torch.randn(2, 4, 7, 7)
+    for step in ("float32", "float64", "mixed"):
+        if step == "float64":
+            layer, x = layer.double(), x.double()
+        if step == "mixed":
+            layer.bias.data = layer.bias.data.half()
+        y = layer(x)
+        ref = lc.conv2d(x.double(), "offset", {"A": layer.A.double(), "B": layer.B.double()},
+                        layer.bias.double(), padding=1, backend="reference")
+        assert rel_err(y, ref) < (1e-5 if step == "float32" else 1e-3 if step == "mixed" else 1e-12), step
+        assert y.grad_fn.name() == "ConvolutionBackward0", step  # the conv last, no output-sized op

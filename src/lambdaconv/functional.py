@@ -165,11 +165,14 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
             torch.are_deterministic_algorithms_enabled(), env("TRITON_INTERPRET")), full
 
 
-def _runner(b, call, backend):
+def _runner(b, call, backend, x, bias, ws):
     """(x, bias, ws) -> y for a validated call: decompose's own runner (everything fixed per call
-    decided once), else the backend through the direct path's autocast handling."""
+    decided once, specialized to these tensors' dtypes and shapes, which the cache key holds), else
+    the backend through the direct path's autocast handling."""
     if b.name == "decompose":
-        return backends.decompose.runner(call)
+        run = backends.decompose.runner(call)
+        specialize = getattr(run, "specialize", None)
+        return run if specialize is None else specialize(x, bias, ws)
     if b.name in library.TRACEABLE:
         return lambda x, bias, ws: b.run(x, bias, ws, call)
     return lambda x, bias, ws: library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
@@ -201,7 +204,7 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
             b = backends.select(backend, call)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{err}{_context(op, input, weights)}") from None
-        run = _runner(b, call, backend)
+        run = _runner(b, call, backend, x, bias, ws)
         if key is not None:
             if len(_PREPARED) >= _PREPARED_MAX:
                 _PREPARED.clear()

@@ -312,21 +312,33 @@ def _make_runner(call):
     alpha, sdims, full, pre = low.const_scale, r.sum_dims, r.full, r.pre
     conv, stride, padding, dilation, groups = r.conv, r.stride, r.padding, r.dilation, r.groups
 
-    def affine(x, bias, weights):
+    def affine_ops(x, bias, weights):
         """The offset layer A*(x - B) = conv(x, P) + bias + alpha * sum_taps(P*Q) as four aten ops
         (mul, sum, add, conv) under torch's C++ autograd: on the H100 machine's host a Python
         autograd Function around the same conv cost more host time per fwd+bwd than the three small
         weight-sized kernels it saved (session 7: eager 1.92x nn.Conv2d against 1.52x for these ops).
         Under autocast the conv casts x, P and the bias as nn.Conv2d does; the constant stays fp32."""
-        P, Q = weights[pn], weights[qn]
-        dt = x.dtype
-        if (dt is not torch.float32 and dt is not torch.float64) or P.dtype is not dt or Q.dtype is not dt \
-                or (bias is not None and bias.dtype is not dt) or P.shape != full or Q.shape != full \
-                or torch.compiler.is_compiling():
-            return general(x, bias, weights)  # half inputs, mixed dtypes, broadcast weights: the same math
-        s = torch.mul(P, Q).sum(sdims)
+        P = weights[pn]
+        s = torch.mul(P, weights[qn]).sum(sdims)
         b = torch.mul(s, alpha) if bias is None else torch.add(bias, s, alpha=alpha)
         return conv(pad_input(x, g) if pre else x, P, b, stride, padding, dilation, groups)
+
+    def usable(x, bias, weights) -> bool:
+        """Whether affine_ops applies: fp32 / fp64 throughout, full-shaped weights. Otherwise (half
+        inputs, mixed dtypes, broadcast weights) general runs the same math."""
+        P, Q = weights[pn], weights[qn]
+        dt = x.dtype
+        return ((dt is torch.float32 or dt is torch.float64) and P.dtype is dt and Q.dtype is dt
+                and (bias is None or bias.dtype is dt) and P.shape == full and Q.shape == full)
+
+    def affine(x, bias, weights):
+        if usable(x, bias, weights) and not torch.compiler.is_compiling():
+            return affine_ops(x, bias, weights)
+        return general(x, bias, weights)
+
+    # functional.convnd caches a runner per call signature (dtypes and shapes of the input, the
+    # weights and the bias, and it never runs it while tracing): it takes the branch once
+    affine.specialize = lambda x, bias, weights: affine_ops if usable(x, bias, weights) else general
     return affine
 
 
