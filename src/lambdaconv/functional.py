@@ -170,9 +170,7 @@ def _runner(b, call, backend, x, bias, ws):
     decided once, specialized to these tensors' dtypes and shapes, which the cache key holds), else
     the backend through the direct path's autocast handling."""
     if b.name == "decompose":
-        run = backends.decompose.runner(call)
-        specialize = getattr(run, "specialize", None)
-        return run if specialize is None else specialize(x, bias, ws)
+        return backends.decompose.runner_for(call, x, bias, ws)
     if b.name in library.TRACEABLE:
         return lambda x, bias, ws: b.run(x, bias, ws, call)
     return lambda x, bias, ws: library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))

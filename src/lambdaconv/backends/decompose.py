@@ -336,8 +336,7 @@ def _make_runner(call):
             return affine_ops(x, bias, weights)
         return general(x, bias, weights)
 
-    # functional.convnd caches a runner per call signature (dtypes and shapes of the input, the
-    # weights and the bias, and it never runs it while tracing): it takes the branch once
+    # for runner_for: the branch taken once per call signature
     affine.specialize = lambda x, bias, weights: affine_ops if usable(x, bias, weights) else general
     return affine
 
@@ -351,6 +350,15 @@ def runner(call):
         return _runner_cached(call)
     except TypeError:  # symbolic sizes: unhashable, built per call
         return _make_runner(call)
+
+
+def runner_for(call, x, bias, weights):
+    """runner(call) specialized to these tensors: functional.convnd keeps it under a cache key that
+    holds their dtypes and shapes, and never calls it while tracing (the offset layer's checks are
+    then made once, not per call)."""
+    run = runner(call)
+    specialize = getattr(run, "specialize", None)
+    return run if specialize is None else specialize(x, bias, weights)
 
 
 def _run(x, bias, weights, call):
