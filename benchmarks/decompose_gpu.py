@@ -74,8 +74,8 @@ def correctness() -> dict:
 
 def graph_time(fn, calls=10, replays=20) -> float:
     """Median ms per call of fn replayed from a CUDA graph (no CPU launch cost)."""
-    from cuda_graph import capture
-    graph = capture(fn, calls)
+    from lambdaconv.bench.timing import cuda_graph
+    graph, _ = cuda_graph(fn, calls)
     graph.replay()
     torch.cuda.synchronize()
     times = []

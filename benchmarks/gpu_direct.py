@@ -43,8 +43,8 @@ def graph_ms(fn, calls=1):
     """do_bench of fn replayed from a CUDA graph (of `calls` calls, per call): its GPU work alone,
     without the host's time per call (the GPU machine's host is several times slower than a
     workstation's: session 4 notes)."""
-    from cuda_graph import capture
-    g = capture(fn, calls)
+    from lambdaconv.bench.timing import cuda_graph
+    g, _ = cuda_graph(fn, calls)
     try:
         return bench(g.replay) / calls
     finally:

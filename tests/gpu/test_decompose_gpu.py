@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lambdaconv as lc
+from lambdaconv.bench.timing import cuda_graph
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -84,15 +85,7 @@ def test_offset_graph_capture():
         return (y, *torch.autograd.grad(y.square().sum(), every))
 
     eager = step()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    graph, out = cuda_graph(step, warmup=2)
     graph.replay()
     torch.cuda.synchronize()
     for a, r in zip(out, eager):
