@@ -3,16 +3,24 @@
 The source is a pure function of the op's IR, the reduce and which weights need gradients; its
 sha256 names the file, so a cached file is never stale. Files are written to a temporary name and
 os.replace'd (atomic on POSIX and Windows): two processes generating the same kernel at once each
-write a complete file and one wins, never a torn one. Modules are imported from those files with
-importlib, so tracebacks and triton's own error messages point at real source lines.
+write a complete file and one wins, never a torn one.
+
+A module is compiled from the text generated in this process, never from the file or from bytecode:
+the cache may be shared, and importlib would run a `__pycache__/*.pyc` planted next to the file
+without reading the source. The file is the copy that tracebacks, triton's error messages and
+readers point at; linecache holds the verified text under its path, so inspect (which triton's
+@jit reads a kernel's source through) sees exactly what was compiled.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import linecache
 import os
+import stat
 import sys
 import tempfile
+import types
 from string import Template
 
 from ...ir import OpSpec
@@ -28,7 +36,7 @@ _modules: dict = {}
 def cache_dir() -> str:
     d = os.environ.get("LAMBDACONV_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lambdaconv")
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(d, mode=0o700, exist_ok=True)  # private when we create it (an existing one is the user's)
     return d
 
 
@@ -115,27 +123,69 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
-def load(text: str, interpret: bool):
-    """Import the module holding `text` (written once under its hash). Modules are kept per
-    interpret flag: triton decides compiled-vs-interpreted when a kernel is decorated."""
+def module_path(text: str) -> str:
+    """Where the module of `text` is cached: named by the hash of the text (and generator)."""
     digest = hashlib.sha256((GENERATOR_VERSION + text).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir(), f"lc_{digest}.py")
+
+
+def _holds(path: str, text: str) -> bool:
+    """True if `path` is a regular file holding exactly `text`. Non-blocking and bounded: a FIFO
+    or a huge file planted under the name must not hang or exhaust the reader."""
+    want = text.encode()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(len(want) + 1) == want
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class _TextLoader:
+    """The module's loader as far as linecache and inspect ask it: the verified text, by name."""
+
+    def __init__(self, text: str):
+        self._text = text
+
+    def get_source(self, name):
+        return self._text
+
+
+def load(text: str, interpret: bool):
+    """The module of `text`, compiled from `text` itself (the cache file is written once, under
+    its hash, for readers). Modules are kept per interpret flag: triton decides
+    compiled-vs-interpreted when a kernel is decorated."""
+    path = module_path(text)
+    digest = os.path.basename(path)[3:-3]
     key = (digest, interpret)
     mod = _modules.get(key)
     if mod is not None:
         return mod
-    path = os.path.join(cache_dir(), f"lc_{digest}.py")
-    try:
-        with open(path) as f:
-            ok = f.read() == text
-    except OSError:
-        ok = False
-    if not ok:
+    if not _holds(path, text):
         _write_atomic(path, text)
     name = f"lambdaconv_kernels_{digest}_{int(interpret)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
+    mod = types.ModuleType(name)
+    loader = _TextLoader(text)
+    mod.__file__, mod.__loader__ = path, loader
+    mod.__spec__ = importlib.util.spec_from_loader(name, loader, origin=path)
+    # inspect.getsource (triton's @jit, and the interpreter's rewrite at a kernel's first call) reads
+    # through linecache: an entry without mtime is never re-checked against the file, so it serves
+    # this text whatever happens to the file later
+    linecache.cache[path] = (len(text), None, text.splitlines(True), path)
+    code = compile(text, path, "exec", dont_inherit=True)
     sys.modules[name] = mod  # triton's jit looks functions up through their module
-    spec.loader.exec_module(mod)
+    try:
+        exec(code, mod.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     _modules[key] = mod
     return mod
 
