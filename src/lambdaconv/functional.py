@@ -71,6 +71,19 @@ def _context(op, x, weights) -> str:
            f"input {xs}, weights {shapes}"
 
 
+def _check_tensor(what: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A weight's or the bias's dtype, layout and device, as torch checks its conv's (torch wants
+    the input's dtype exactly; here any floating dtype is cast, as documented). An integer, bool
+    or complex one would be cast silently (a complex one losing its imaginary part)."""
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{what} has dtype {t.dtype}; use a floating dtype (float64, float32, float16 or "
+                         f"bfloat16)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.device != x.device:
+        raise ValueError(f"{what} is on {t.device} but the input is on {x.device}")
+
+
 def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
     """Validate a call; returns (x, bias, weights, Call, unbatched). Raises before any kernel."""
     if not isinstance(input, torch.Tensor):
@@ -82,6 +95,8 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
         raise TypeError(f"padding_mode must be a string, got {type(padding_mode).__name__}")
     if input.dtype not in _DTYPES:
         raise ValueError(f"input dtype {input.dtype} is not supported; use float64, float32, float16 or bfloat16")
+    if input.layout != torch.strided:
+        raise ValueError(f"input must be a dense (strided) tensor, got layout {input.layout}")
     unbatched = input.dim() == d + 1
     if input.dim() not in (d + 1, d + 2):
         raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
@@ -106,10 +121,7 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
             w = torch.tensor(float(w), dtype=x.dtype, device=x.device)
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"weight {n!r} must be a tensor or a number, got {type(w).__name__}")
-        if w.dtype not in _DTYPES:
-            raise ValueError(f"weight {n!r} has dtype {w.dtype}; use a floating dtype")
-        if w.device != x.device:
-            raise ValueError(f"weight {n!r} is on {w.device} but the input is on {x.device}")
+        _check_tensor(f"weight {n!r}", w, x)
         if w.dim() > d + 2:
             raise ValueError(f"weight {n!r} has {w.dim()} dims; conv{d}d weights have at most {d + 2} "
                              f"(out_channels, in_channels/groups, *kernel)")
@@ -122,6 +134,7 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
             raise TypeError(f"bias must be a tensor or None, got {type(bias).__name__}")
+        _check_tensor("bias", bias, x)
         if tuple(bias.shape) != (wshape[0],):
             raise ValueError(f"bias must have shape ({wshape[0]},) (out_channels), got {tuple(bias.shape)}")
     g = make_geometry(d, tuple(x.shape), tuple(wshape), stride, padding, dilation, groups, padding_mode)
@@ -165,10 +178,25 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
             torch.are_deterministic_algorithms_enabled(), env("TRITON_INTERPRET")), full
 
 
+def no_kernel(x, bias, ws: dict, call) -> torch.Tensor:
+    """The output of a call that has nothing to compute, with no backend run: on the meta device
+    (shapes only: FSDP-style deferred initialisation, shape inference), and for zero input channels,
+    where torch's convolutions return an empty (N, 0, *out) output whatever out_channels is (a
+    deliberate torch convention: its meta kernel agrees). Output dtype = input dtype, as a backend's.
+    Every input enters through a zero-element slice, so autograd gives each a gradient of its own
+    shape (zeros, as torch's conv gives the weight and bias here) and never NaN from inf * 0."""
+    g = call.geometry
+    shape = (g.batch, g.out_channels if g.in_channels else 0) + tuple(g.out_size)
+    anchor = sum(t.narrow(0, 0, 0).sum().to(x.dtype) for t in (x, *ws.values(), *(() if bias is None else (bias,))))
+    return x.new_zeros(shape) + anchor
+
+
 def _runner(b, call, backend, x, bias, ws):
     """(x, bias, ws) -> y for a validated call: decompose's own runner (everything fixed per call
     decided once, specialized to these tensors' dtypes and shapes, which the cache key holds), else
     the backend through the direct path's autocast handling."""
+    if call.device.type == "meta" or call.geometry.in_channels == 0:
+        return lambda x, bias, ws: no_kernel(x, bias, ws, call)
     if b.name == "decompose":
         return backends.decompose.runner_for(call, x, bias, ws)
     if b.name in library.TRACEABLE:

@@ -81,6 +81,17 @@ def make_geometry(d, x_shape, w_shape, stride, padding, dilation, groups, paddin
     in_size = tuple(x_shape[2:])
     o, cw = w_shape[0], w_shape[1]
     kernel = tuple(w_shape[2:])
+    # torch's convolutions fail inside their backend on these (oneDNN / cuDNN errors); only the
+    # batch and the input channels may be empty (zero input channels: an empty output, as torch's)
+    if o == 0:
+        raise ValueError(f"the weights' broadcast shape {tuple(w_shape)} gives out_channels = 0; "
+                         f"a convolution needs at least one output channel")
+    if 0 in kernel:
+        raise ValueError(f"kernel size {kernel} (the weights' broadcast shape {tuple(w_shape)}) has a zero-size "
+                         f"dim; every kernel dim must be at least 1")
+    if 0 in in_size and n and c:  # torch allows it where the output is empty anyway
+        raise ValueError(f"the input's spatial size {in_size} has a zero-size dim; only an input with an empty "
+                         f"batch or zero channels may (as in torch)")
     if c % groups:
         raise ValueError(f"groups={groups} does not divide the input's {c} channels")
     if o % groups:

@@ -6,6 +6,7 @@ the functional conv (unfoldNd style).
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Number
 
 import torch
@@ -32,9 +33,11 @@ class _ConvNd(nn.Module):
         self.op = op  # kept as given: a string or preset pickles with the module
         self.reduce = resolve_reduce(spec, reduce)
         registry.check_name(backend)
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        # zero channels or a zero-size kernel build, as nn.ConvNd's do (with a warning below)
+        for name, v, least in (("in_channels", in_channels, 0), ("out_channels", out_channels, 0),
+                               ("groups", groups, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise ValueError(f"{name} must be {'a positive' if least else 'a non-negative'} int, got {v!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         if padding_mode not in PADDING_MODES:
@@ -43,6 +46,8 @@ class _ConvNd(nn.Module):
             raise ValueError(f"the op {spec.expr} has no weights; a layer needs at least one")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple(kernel_size, d, "kernel_size")
+        if min(self.kernel_size) < 0:
+            raise ValueError(f"kernel_size must be non-negative, got {self.kernel_size}")
         self.stride = _tuple(stride, d, "stride")
         self.padding = padding if isinstance(padding, str) else _tuple(padding, d, "padding")
         self.dilation = _tuple(dilation, d, "dilation")
@@ -59,6 +64,13 @@ class _ConvNd(nn.Module):
         for n in spec.weight_names:
             self.register_parameter(n, nn.Parameter(torch.empty(self._shape(shapes.get(n, "full")), **factory)))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        if 0 in (in_channels, out_channels) + self.kernel_size:
+            # nn.ConvNd builds these too, warning that initializing zero-element tensors is a no-op
+            runs = "its output has 0 channels, as nn.ConvNd's" if in_channels == 0 and out_channels and \
+                min(self.kernel_size) else "its forward raises a ValueError (nn.ConvNd's raises too)"
+            warnings.warn(f"{type(self).__name__}(in_channels={in_channels}, out_channels={out_channels}, "
+                          f"kernel_size={self.kernel_size}) has zero-element weights: {runs}", UserWarning,
+                          stacklevel=2)
         self.reset_parameters()
 
     def _shape(self, s) -> tuple:
@@ -82,7 +94,10 @@ class _ConvNd(nn.Module):
         return self.in_channels // self.groups * math.prod(self.kernel_size)
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.fan_in)  # what nn.ConvNd's kaiming_uniform_(a=sqrt(5)) gives
+        # what nn.ConvNd's kaiming_uniform_(a=sqrt(5)) gives. With no taps per output (fan_in 0) the
+        # parameters are never read (the output is empty, or the forward raises): zeros, where
+        # nn.ConvNd leaves its bias uninitialized memory
+        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in else 0.0
         with torch.no_grad():
             for n in self.weight_names:
                 p, how = getattr(self, n), self.init.get(n, "kaiming_uniform")
@@ -93,7 +108,7 @@ class _ConvNd(nn.Module):
                 elif isinstance(how, Number) and not isinstance(how, bool):
                     p.fill_(float(how))
                 elif how == "kaiming_uniform":
-                    p.uniform_(-bound, bound)
+                    _uniform(p, bound)
                 elif how == "zeros":
                     p.zero_()
                 elif how == "ones":
@@ -106,7 +121,7 @@ class _ConvNd(nn.Module):
                     raise ValueError(f"init for {n!r} must be one of {', '.join(INITS)}, a number or a callable, "
                                      f"got {how!r}")
             if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+                _uniform(self.bias, bound)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # Straight from _parameters (where torch.func.functional_call swaps its tensors too):
@@ -140,6 +155,13 @@ class _ConvNd(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s
+
+
+def _uniform(p, bound: float) -> None:
+    if bound:
+        p.uniform_(-bound, bound)
+    else:  # U(-0, 0) would write -0.0
+        p.zero_()
 
 
 class Conv1d(_ConvNd):

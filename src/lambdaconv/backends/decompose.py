@@ -39,6 +39,7 @@ in runner(call), which functional.convnd keeps.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections import namedtuple
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def _dtypes(x: torch.Tensor):
     if dt == torch.float32:
         dev = x.device.type
         # what autocast would cast the conv's inputs to
-        return (dt, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else (dt, dt)
+        return (dt, torch.get_autocast_dtype(dev)) if _autocasting(dev) else (dt, dt)
     return (dt, dt) if dt == torch.float64 else (torch.float32, dt)
 
 
@@ -431,8 +432,19 @@ def _general(x, bias, weights, call, low, r, stack):
     return y.to(out)
 
 
+def _autocasting(dev: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(dev)
+    except RuntimeError:  # a device type without autocast (meta, for FSDP-style deferred init)
+        return False
+
+
 def _autocast_off(x):
-    return torch.autocast(x.device.type, enabled=False)
+    # torch.autocast(enabled=False) itself raises on a device type without autocast (meta)
+    return torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type) \
+        else contextlib.nullcontext()
+
+
 
 
 def _mask(g: Geometry, device, dtype) -> torch.Tensor:
