@@ -118,3 +118,38 @@ def test_trains():
         loss.backward()
         opt.step()
     assert loss.item() < 0.8 * first
+
+
+# Op weights named like the layer's attributes: a ValueError at construction, listing the names.
+# The reserved set is read from a plain layer, so it is checked against one here, not a copied list.
+
+def _plain_names():
+    plain = lc.Conv2d(3, 4, 3, op=lambda x, A, B: A * (x - B), padding="same", bias=False, init={"A": "ones"})
+    return {n for n in dir(plain) if not n.startswith("__")} - set(plain.weight_names)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in _plain_names() | {"bias"} if not n.startswith("_")))
+@pytest.mark.parametrize("bias", [True, False])
+def test_an_op_weight_named_like_a_layer_attribute_is_a_value_error(name, bias):
+    op = eval(f"lambda x, {name}: x * {name}")  # noqa: S307 (the parameter name is the test's subject)
+    with pytest.raises(ValueError, match=f"op weight name '{name}' would clash") as e:
+        lc.Conv2d(3, 4, 3, op=op, bias=bias)
+    assert "bias, dilation" in str(e.value) and "stride" in str(e.value)  # the list of reserved names
+
+
+def test_reserved_names_cover_every_attribute_of_a_layer_and_of_nn_module():
+    reserved = lc.nn.reserved_names()
+    assert _plain_names() | {"bias"} <= reserved and set(dir(nn.Module())) <= reserved
+    assert "weight" not in reserved  # the presets' weight name
+    layer = lc.Conv2d(3, 4, 3, op=lambda x, weight, scale: scale * x * weight, bias=False)
+    assert {n for n, _ in layer.named_parameters()} == {"weight", "scale"} and layer(torch.randn(1, 3, 5, 5)).shape \
+        == (1, 4, 3, 3)
+
+
+def test_an_op_weight_named_like_a_method_of_a_subclass_is_a_value_error():
+    class Scaled(lc.Conv2d):
+        def scale(self):
+            return 2.0
+
+    with pytest.raises(ValueError, match="'scale' would clash"):
+        Scaled(3, 4, 3, op=lambda x, weight, scale: scale * x * weight)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 from numbers import Number
 
 import torch
@@ -23,6 +24,7 @@ INITS = ("kaiming_uniform", "zeros", "ones", "normal", "uniform")
 
 class _ConvNd(nn.Module):
     _dims = 0
+    _check_names = True  # off only for the plain layer that reserved_names() inspects
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, op, reduce=None, init=None,
@@ -30,6 +32,8 @@ class _ConvNd(nn.Module):
         super().__init__()
         d = self._dims
         spec = resolve_op(op)
+        if self._check_names:
+            _check_weight_names(spec.weight_names, type(self))
         self.op = op  # kept as given: a string or preset pickles with the module
         self.reduce = resolve_reduce(spec, reduce)
         registry.check_name(backend)
@@ -162,6 +166,32 @@ def _uniform(p, bound: float) -> None:
         p.uniform_(-bound, bound)
     else:  # U(-0, 0) would write -0.0
         p.zero_()
+
+
+@lru_cache(maxsize=None)
+def _names() -> tuple:
+    """(every attribute name of a plain layer but its weight, every attribute of a plain nn.Module)."""
+    plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear")
+    return frozenset(dir(plain)) - frozenset(plain.weight_names), frozenset(dir(nn.Module()))
+
+
+def reserved_names() -> frozenset:
+    """The names an op weight cannot take in a layer, because the layer already has an attribute of
+    that name: its arguments (bias, stride, padding, groups, op, reduce, ...), its methods, and
+    nn.Module's own (training, forward, to, ...). Read from a plain layer, so never out of date."""
+    return _names()[0]
+
+
+def _check_weight_names(names, cls) -> None:
+    reserved, module = _names()
+    clash = [n for n in names if n in reserved or hasattr(cls, n)]  # hasattr: a user's subclass's methods
+    if clash:
+        own = sorted(n for n in reserved - module if not n.startswith("_"))
+        raise ValueError(
+            f"op weight name{'s' if len(clash) > 1 else ''} {', '.join(map(repr, clash))} would clash with the "
+            f"layer's attribute{'s' if len(clash) > 1 else ''} of that name: rename the op's parameter. A layer's "
+            f"weights cannot be named {', '.join(own)}, nor like an attribute or method of nn.Module "
+            f"(training, forward, to, eval, half, ...; all in lambdaconv.nn.reserved_names())")
 
 
 class Conv1d(_ConvNd):

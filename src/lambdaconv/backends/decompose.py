@@ -445,8 +445,6 @@ def _autocast_off(x):
         else contextlib.nullcontext()
 
 
-
-
 def _mask(g: Geometry, device, dtype) -> torch.Tensor:
     """(1, 1, *padded) validity mask: 1 on the real input, 0 on the padding."""
     ones = torch.ones((1, 1) + g.in_size, dtype=dtype, device=device)
