@@ -17,6 +17,8 @@ behind caches) is Python that Dynamo cannot and should not trace. Under compile 
                             op lambdaconv::direct_conv_backward, which recomputes the forward with
                             autograd on and differentiates it, so the backward runs the same
                             backend's own backward kernels (cost: one extra forward per backward).
+                            Under create_graph=True (eager calls of the op) the gradients come
+                            from backends/composite.py instead, differentiable again.
 
 Static arguments cross into the custom ops as strings (the canonical op and a JSON config); shapes
 come from the tensors, so dynamic shapes need no new config. Eager calls never take this route.
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from .backends import composite
 from . import functional as _functional
 from .ir import OpSpec, resolve_op, resolve_reduce
 from .plan import plan_for
@@ -152,17 +155,25 @@ def compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups
     return _traced(d, input, weights, () if bias is None else (bias,), text, names, reduce, geometry)
 
 
+def prepare_and_select(d, x, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
+                       backend, shown):
+    """functional.prepare and the backend choice, errors with the call's context (op shown as `shown`):
+    (x, bias, weights, call, unbatched, backend). For the calls that bypass convnd's cache."""
+    try:
+        xb, b, ws, call, unbatched = _functional.prepare(d, x, op, weights, bias, stride, padding, dilation,
+                                                         groups, reduce, padding_mode, backend)
+        return xb, b, ws, call, unbatched, backends.select(backend, call)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{err}{_functional._context(shown, x, weights)}") from None
+
+
 @_nonstrict
 def _traced(d, x, weights, bias, text, names, reduce, geometry):
     stride, padding, dilation, groups, padding_mode, backend = geometry
     spec = _spec(text, tuple(names), reduce)
     bias = bias[0] if bias else None
-    try:
-        xb, b, ws, call, unbatched = _functional.prepare(d, x, spec, weights, bias, stride, padding, dilation,
-                                                         groups, reduce, padding_mode, backend)
-        be = backends.select(backend, call)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{err}{_functional._context(text, x, weights)}") from None
+    xb, b, ws, call, unbatched, be = prepare_and_select(d, x, spec, weights, bias, stride, padding, dilation, groups,
+                                                        reduce, padding_mode, backend, shown=text)
     if be.name in TRACEABLE:
         _warm(spec, reduce)
         y = be.run(xb, b, ws, call)
@@ -197,6 +208,13 @@ def _run(x, weights, bias, op, config) -> Tensor:
     be = backends.select(backend, call)
     with _autocast_off(xb):
         return be.run(xb, b, ws, call)
+
+
+def _composite(x, weights, bias, op, config) -> Tensor:
+    """The same conv by its definition in torch ops (backends/composite.py): differentiable again."""
+    xb, b, ws, call, _ = _prepare(x, list(weights), bias, op, config)
+    with _autocast_off(xb):
+        return composite.composite_conv(xb, b, ws, call)
 
 
 # ------------------------------------------------------------------------------------- custom ops
@@ -263,6 +281,12 @@ def _backward(ctx, grad):
     x, bias, *weights = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     needs = [bool(need_x), *map(bool, need_w), bool(need_b) and bias is not None]
+    if torch.is_grad_enabled():
+        # create_graph=True (eager only: AOTAutograd traces backward without it): the custom op's
+        # gradients would be constants to autograd, so differentiate the definition instead
+        grads = composite.graph_grads(lambda x, *wb: _composite(x, wb[:-1], wb[-1], ctx.op, ctx.config),
+                                      [x, *weights, bias], needs, grad)
+        return grads[0], grads[1:-1], grads[-1], None, None
     grads = torch.ops.lambdaconv.direct_conv_backward(grad, x, weights, bias, ctx.op, ctx.config, needs)
     g = [t if n else None for t, n in zip(grads, needs)]
     return g[0], g[1:-1], g[-1], None, None

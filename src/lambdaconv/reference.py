@@ -5,6 +5,9 @@ w[o, c, k]) + bias[o]. Built from plain torch ops on full broadcast tensors, so 
 gives the exact gradients. Padded taps under padding_mode="ignore" are never evaluated (not
 evaluated and masked: a masked inf would still poison the gradient). Memory is
 N x O x C/groups x K x P: for small shapes only (tests, debugging).
+
+`dtype` is float64 for the reference itself; backends/composite.py runs the same definition in
+the compute dtype (float32 for float32 / half inputs), for second derivatives and torch.func.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ from .ir import OpSpec, evaluate
 IDENTITY = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "logsumexp": float("-inf")}
 
 
-def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: str) -> torch.Tensor:
-    """Float64 result of the conv (differentiable w.r.t. x, every weight and bias)."""
-    x = x.double()
+def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: str,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The conv in `dtype` (differentiable w.r.t. x, every weight and bias)."""
+    x = x.to(dtype)
     # weights arrive with rank dims + 2 (functional normalizes them), broadcastable to (O, Cg, *k)
-    w = {k: v.double().expand((g.out_channels,) + tuple(v.shape[1:])) for k, v in weights.items()}
+    w = {k: v.to(dtype).expand((g.out_channels,) + tuple(v.shape[1:])) for k, v in weights.items()}
     d, K, P = g.dims, g.taps, g.positions
     cols = windows(pad_input(x, g), g)  # (N, C, *out, *k)
     cols = cols.reshape(g.batch, g.in_channels, P, K).transpose(2, 3)  # (N, C, K, P)
@@ -36,16 +40,16 @@ def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: st
         for name, t in w.items():
             t = t[cout].broadcast_to((g.cout_per_group, g.cin_per_group) + g.kernel)
             wv[name] = t.reshape(g.cout_per_group, g.cin_per_group, K)[:, :, kk][None]  # (1, Og, Cg, V)
-        vals = evaluate(spec.expr, xv, wv, dtype=torch.float64)
+        vals = evaluate(spec.expr, xv, wv, dtype=dtype)
         vals = vals.expand(g.batch, g.cout_per_group, g.cin_per_group, kk.numel())
         full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), IDENTITY[reduce],
-                          dtype=torch.float64, device=x.device)
+                          dtype=dtype, device=x.device)
         full = _scatter(full, vals, kk, pp)
         taps = full.permute(0, 1, 4, 2, 3).reshape(g.batch, g.cout_per_group, P, g.cin_per_group * K)
         outs.append(_reduce(taps, reduce, valid.sum(0) * g.cin_per_group))
     y = torch.cat(outs, 1).reshape((g.batch, g.out_channels) + g.out_size)
     if bias is not None:
-        y = y + bias.double().reshape((1, -1) + (1,) * d)
+        y = y + bias.to(dtype).reshape((1, -1) + (1,) * d)
     return y
 
 

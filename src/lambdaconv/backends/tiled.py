@@ -5,6 +5,12 @@ inside one loop step, so memory is bounded by tiles.TILE_ELEMENTS whatever the i
 backward recomputes each tile and applies the op's symbolic partials (ir.grad), weighted by the
 reduction: 1 (sum), 1/count (mean), softmax (logsumexp); max/min gather the winning tap saved by
 the forward and do O(outputs) work.
+
+Every tensor the backward reads is saved with save_for_backward (x, the weights as given, the
+forward's own y / winners), so an in-place change between forward and backward raises as torch's
+ops do. With create_graph=True the backward is differentiated again: it then computes the gradients
+through composite.graph_grads (the definition in torch ops, unfold-like memory) instead of these
+once-differentiable loops.
 """
 from __future__ import annotations
 
@@ -14,12 +20,8 @@ from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
 from ..ir.expr import peel_scale
 from ..reference import IDENTITY
+from .composite import compute_dtype, direct_backward
 from .tiles import TILE_ELEMENTS_GPU, buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is computed (and accumulated) in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _Ctx:
@@ -97,21 +99,26 @@ class TiledConv(torch.autograd.Function):
             if scale != 1.0:
                 r *= scale
             write_tile(y, t, g, r)
-        ctx.c = c
-        # logsumexp's backward needs the reduced value itself (softmax = exp(tap - y)), before bias.
-        ctx.save_for_backward(x, y if c.reduce == "logsumexp" else None, arg)
+        # The weights as given, never c.w: a derived copy (or a view of it) would not see, or would
+        # silently follow, an in-place update before backward. logsumexp's backward needs the
+        # reduced value itself (softmax = exp(tap - y)), before bias. The bias is never read.
+        ctx.save_for_backward(x, y if c.reduce == "logsumexp" else None, arg, *wts)
+        ctx.meta = (spec, g, c.reduce, names)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.w_meta = [(w.shape, w.dtype) for w in wts]
         if bias is not None:
             y = y + bias.to(ct).reshape((1, -1) + (1,) * g.dims)
         return y.to(x.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, y, arg = ctx.saved_tensors
-        c = ctx.c
-        g, ct = c.g, c.ct
+        x, y, arg, *wts = ctx.saved_tensors
+        spec, g, reduce, names = ctx.meta
+        if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable again
+            n = ctx.needs_input_grad
+            gx, gb, gws = direct_backward(gy, x, wts, ctx.meta, (n[0], n[1], *n[6:]), ctx.bias_dtype)
+            return (gx, gb, None, None, None, None, *gws)
+        ct = compute_dtype(x.dtype)
+        c = _Ctx(spec, g, reduce, names, wts, x.device, ct)  # from the saved weights
         gy = gy.to(ct)
         need_x = ctx.needs_input_grad[0]
         xr = x.detach().to(ct).requires_grad_(need_x)
@@ -132,12 +139,12 @@ class TiledConv(torch.autograd.Function):
         if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
             gb = gy.sum([0] + list(range(2, 2 + g.dims))).to(ctx.bias_dtype)
         gws = []
-        for (shape, dtype), n, need in zip(ctx.w_meta, c.names, ctx.needs_input_grad[6:]):
+        for w, n, need in zip(wts, c.names, ctx.needs_input_grad[6:]):
             if not need:
                 gws.append(None)
                 continue
             full = gw[n].reshape((g.out_channels, g.cin_per_group) + g.kernel)
-            gws.append(full.sum_to_size(shape).to(dtype))
+            gws.append(full.sum_to_size(w.shape).to(w.dtype))
         return (gx, gb, None, None, None, None, *gws)
 
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from ...geometry import Geometry, pad_input, valid_taps
+from ..composite import direct_backward
 from . import gluon_bwd, tuning
 from .kernels import half_exact, kernels
 from .pad import padded
@@ -174,10 +175,13 @@ class TritonConv(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, aux, xp_saved, *wts = ctx.saved_tensors
+        x, aux, xp_saved, *wts = ctx.saved_tensors  # the weights as given: in-place changes raise
         (spec, g, reduce, names), p, need_w, interp = ctx.meta
+        if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients are not differentiable
+            n = ctx.needs_input_grad
+            gx, gb, gws = direct_backward(gy, x, wts, ctx.meta[0], (n[0], n[1], *n[3:]), ctx.bias_dtype)
+            return (gx, gb, None, *gws)
         mod, k, in_pad = p.mod, p.k, p.in_pad
         need_x = ctx.needs_input_grad[0]
         dev = x.device
