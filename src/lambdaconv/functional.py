@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 
 from . import backends, library
+from .backends import composite
+from .backends.composite import transform_active
 from .backends.triton.tuning import env  # settings only (no triton import): 70 ns a read, os.environ.get 0.5 us
 from .geometry import make_geometry
 from .ir import resolve_op, resolve_reduce
@@ -209,6 +211,9 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
     if library.tracing():  # torch.compile / torch.export: no op resolution in the traced code
         return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                      padding_mode, backend)
+    if transform_active():  # vmap / grad / jvp...: torch ops only, never the cached kernels (composite.py)
+        return composite.convnd(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+                                padding_mode, backend)
     key, full = _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
                            backend)
     try:

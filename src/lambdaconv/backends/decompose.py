@@ -53,6 +53,7 @@ from ..ir import OpSpec, partials, topo_order
 from ..ir.ops import OPS
 from ..ir.sympy_bridge import separate, value_at_zero
 from ..plan import plan_for
+from .composite import transform_active
 from .registry import Backend, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -378,7 +379,7 @@ def _general(x, bias, weights, call, low, r, stack):
     elif len(terms) == 1:  # one term: plain autograd is already one kernel each way
         G = terms[0].g(xin if (xin.dtype == ct or terms[0].kind == "op") else xin.to(ct), None)
         G = G if G.dtype == cd else G.to(cd)
-    elif torch.compiler.is_compiling():  # traced: standard aten ops only (see library.py)
+    elif torch.compiler.is_compiling() or transform_active():  # traced, or vmap / jvp...: aten ops only
         gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
         G = torch.stack([t.unflatten(1, (g.groups, g.cin_per_group)) for t in gx], 2).flatten(1, 3)
     else:
