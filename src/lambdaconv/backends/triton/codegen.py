@@ -191,8 +191,8 @@ def emit(exprs, x_var: str, weight_vars: dict, indent: int, prefix: str = "_v"):
 # Both Gluon forwards' output tile (gluon.py, gluon_staged.py): rows m and out channels n of this
 # program in the accumulator's layout LC, their offsets into y (N, O, *out) and the bounds mask.
 OUTPUT_TILE = """\
-    offs_mc = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LC))
-    offs_nc = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LC))
+    offs_mc = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LC))
+    offs_nc = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LC))
     nc = offs_mc // P
     pc = offs_mc % P
     y_off = gl.expand_dims(nc.to(gl.int64) * (O * P) + pc, 1) + gl.expand_dims((g * OG + offs_nc) * P, 0)

@@ -37,8 +37,9 @@ def _consts(g: Geometry, in_kernel_pad: bool) -> dict:
     size = g.in_size if in_kernel_pad else g.padded_size
     pad = tuple(lo for lo, _ in g.pad) if in_kernel_pad else (0,) * g.dims
     names = ("D", "H", "W")
+    i64, fold = tuning.index_flags(g)  # 64-bit indices / grids folded into x, from the sizes
     out = dict(C=g.in_channels, CG=g.cin_per_group, O=g.out_channels, OG=g.cout_per_group,
-               IGNORE=g.padding_mode == "ignore")
+               IGNORE=g.padding_mode == "ignore", I64=i64, FOLD=fold)
     for prefix, vals, fill in (("I", size, 1), ("O", g.out_size, 1), ("K", g.kernel, 1), ("S", g.stride, 1),
                                ("D", g.dilation, 1), ("P", pad, 0)):
         for nm, v in zip(names, _as3(vals, fill)):
@@ -351,7 +352,8 @@ def _grad_w_plan(g: Geometry, outer: bool, interp: bool, sms: int) -> _GradW:
         step = 8 * bm
         blocks = dict(BLOCK_M=bm, BLOCK_C=bc, num_warps=4)
     target = 4 * sms
-    splits = max(1, min(triton_cdiv(target, tiles * G * T), triton_cdiv(rows, step) if rows else 1))
+    splits = max(1, min(triton_cdiv(target, tiles * G * T), triton_cdiv(rows, step) if rows else 1,
+                        tuning.max_splits(G * T * OG * CG, tuning.index_flags(g)[0])))
     return _GradW(outer, blocks, (tiles, G * T, splits), splits, triton_cdiv(max(rows, 1), splits), rows)
 
 
@@ -369,7 +371,7 @@ def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, interp, sl
     bufs = [xk.new_empty(shape, dtype=torch.float32) for n in need_w if n]
     if p.rows:
         kernel = mod._bwd_w if p.outer else mod._bwd_w_rows
-        kernel[p.grid](xk, *wb, gs, yb, *bufs, p.rows, p.chunk, **k, **p.blocks)
+        kernel[tuning.fold(p.grid, k["FOLD"])](xk, *wb, gs, yb, *bufs, p.rows, p.chunk, **k, **p.blocks)
     else:
         for b in bufs:
             b.zero_()

@@ -32,7 +32,7 @@ GLUON_HEADER = '''\
 import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-'''
+''' + T.INDEX_HELPERS.replace("@triton.jit", "@gluon.jit").replace("tl.", "gl.")
 
 FORWARD = '''
 
@@ -68,11 +68,11 @@ $GEOMETRY
     P: gl.constexpr = OD * OH * OW
     S: gl.constexpr = ID * IH * IW
     CT: gl.constexpr = $COMPUTE
-    g = gl.program_id(2)
-    offs_m = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LA))
-    offs_ka = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LA))
-    offs_kb = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, LB))
-    offs_n = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LB))
+    pid_m, pid_n, g = _pid3(gl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
+    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LA))
+    offs_ka = _wide(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LA)), I64)
+    offs_kb = _wide(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, LB)), I64)
+    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LB))
     # No load masks (each masked load costs a register zeroing and a predicate): the input comes
     # padded (every tap inside), rows past the end re-read the last row and out channels past the
     # end the last channel; those results are never stored.
@@ -97,7 +97,7 @@ $INIT
         a_cur = gl.load(x_ptr + a_off)
 $W_FIRST
         for s in range(T * NC):
-            sn = gl.minimum(s + 1, T * NC - 1)  # the last step re-loads itself (unused)
+            sn = gl.minimum(_wide(s, I64) + 1, T * NC - 1)  # the last step re-loads itself (unused)
             tn = sn // NC
             cn = (sn % NC) * BLOCK_K
             tap = (tn // (KH * KW)) * (DD * IH * IW) + ((tn // KW) % KH) * (DH * IW) + (tn % KW) * DW
@@ -115,15 +115,16 @@ $W_SWAP
         # K_MODE 2 does by hand at the cost of register moves). The step order is channel-major, so
         # it is not used where the winner's tie-break must match the portable kernel (SAVE_AUX).
         for c0 in range(0, CG, BLOCK_K):
-            a_base = x_ptr + (a_off + c0 * S)
-            b_base = b_off + c0 * (T * OG)
+            a_base = x_ptr + (a_off + _wide(c0, I64) * S)
+            b_base = b_off + _wide(c0, I64) * (T * OG)
             for t in gl.static_range(T):
 $STEP3
     else:
         for t in range(T):
-            kd = t // (KH * KW)
-            kh = (t // KW) % KH
-            kw = t % KW
+            tw = _wide(t, I64)
+            kd = tw // (KH * KW)
+            kh = (tw // KW) % KH
+            kw = tw % KW
             a_ptrs = x_ptr + (a_off + (kd * DD * (IH * IW) + kh * DH * IW + kw * DW))
             b_ptrs = b_off + t * OG
             if K_MODE == 1:
@@ -150,15 +151,17 @@ WINNER = '''\
         NCB: gl.constexpr = CG // BLOCK_K
         wt = win // NCB
         wc = (win % NCB) * BLOCK_K
+        wt6 = _wide(wt, I64)  # the offsets' copies (the saved index stays int32)
+        wc6 = _wide(wc, I64)
         m_e = gl.minimum(offs_mc, n_rows - 1)
         p_e = m_e % P
         xr = gl.expand_dims((m_e // P).to(gl.int64) * (C * S) + g * (CG * S) + ((p_e // (OH * OW)) * SD * (IH * IW)
                             + ((p_e // OW) % OH) * SH * IW + (p_e % OW) * SW), 1)
-        xr = xr + ((wt // (KH * KW)) * (DD * IH * IW) + ((wt // KW) % KH) * (DH * IW) + (wt % KW) * DW)
-        w_e = g * (CG * T * OG) + wt * OG + gl.expand_dims(gl.minimum(offs_nc, OG - 1), 0)
+        xr = xr + ((wt6 // (KH * KW)) * (DD * IH * IW) + ((wt6 // KW) % KH) * (DH * IW) + (wt6 % KW) * DW)
+        w_e = g * (CG * T * OG) + wt6 * OG + gl.expand_dims(gl.minimum(offs_nc, OG - 1), 0)
         idx = gl.full([BLOCK_M, BLOCK_N], -1, gl.int32, LC)
         for k in gl.static_range(BLOCK_K):
-            xv = gl.load(x_ptr + (xr + (wc + k) * S)).to(CT)
+            xv = gl.load(x_ptr + (xr + (wc6 + k) * S)).to(CT)
 $W_EPI
 $OP_CODE
             v = $OP_OUT
@@ -166,7 +169,7 @@ $OP_CODE
             idx = gl.where(hit & (idx < 0), (wc + k) * T + wt, idx)
         idx = gl.where(idx < 0, wc * T + wt, idx)  # unreachable when the recomputation is exact
         gl.store(aux_ptr + y_off, idx, mask=mask)'''
-W_EPI = "w_{i} = gl.load(w{i}_ptr + (w_e + (wc + k) * (T * OG))).to(CT)"
+W_EPI = "w_{i} = gl.load(w{i}_ptr + (w_e + (wc6 + k) * (T * OG))).to(CT)"
 
 # K_MODE 3's step: tap t (a constant) of the channels at a_base / b_base
 STEP3 = '''\
@@ -180,14 +183,14 @@ W_LOAD3 = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_base + t * OG).to(CT), 0)
 
 # One K step: BLOCK_K channels of tap t. xv is [BLOCK_M, BLOCK_K, 1], each weight [1, BLOCK_K, BLOCK_N].
 STEP = '''\
-xv = gl.expand_dims(gl.load(a_ptrs + c0 * S).to(CT), 2)
+xv = gl.expand_dims(gl.load(a_ptrs + _wide(c0, I64) * S).to(CT), 2)
 $W_LOADS
 $OP_CODE
 v = $OP_OUT
 $COMBINE'''
 
 W_ARG = "    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)"
-W_LOAD = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_ptrs + c0 * (T * OG)).to(CT), 0)"
+W_LOAD = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_ptrs + _wide(c0, I64) * (T * OG)).to(CT), 0)"
 
 # init, per-step combine of v ([BLOCK_M, BLOCK_K, BLOCK_N]), finish into res (fp32)
 REDUCE = {
@@ -407,12 +410,12 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg, raw=None) -> bool:
     if mod in _failed:
         return False
     bm, bn, bk = cfg[:3]
-    grid = ((rows + bm - 1) // bm, (og + bn - 1) // bn, groups)
     staged = gluon_staged.is_staged(cfg)  # operands staged through shared memory (gluon_staged.py)
     if staged and raw is not None:
         args, kw = raw
     elif callable(args):
         args = args()
+    grid = tuning.fold(((rows + bm - 1) // bm, (og + bn - 1) // bn, groups), kw["FOLD"])
     try:
         if staged:
             fn = mod._fwd_staged

@@ -57,24 +57,24 @@ $GEOMETRY
     GH: gl.constexpr = IH + (KH - 1) * DH
     GW: gl.constexpr = IW + (KW - 1) * DW
     GP: gl.constexpr = GD * GH * GW
-    g = gl.program_id(2)
+    pid_m, pid_c, g = _pid3(gl.cdiv(n_rows, BLOCK_M), (CG + BLOCK_C - 1) // BLOCK_C, FOLD, I64)
     # x tile and the output: rows past the end / channels past the end are clamped for the loads
-    offs_mx = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LX))
-    offs_cx = gl.program_id(1) * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX))
+    offs_mx = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LX))
+    offs_cx = pid_c * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX))
     mx = gl.minimum(offs_mx, n_rows - 1)
     cx = gl.minimum(offs_cx, CG - 1)
     x_off = gl.expand_dims((mx // S).to(gl.int64) * (C * S) + g * (CG * S) + mx % S, 1) + gl.expand_dims(cx * S, 0)
     xv = gl.expand_dims(gl.load(x_ptr + x_off).to(gl.float32), 1)  # [BLOCK_M, 1, BLOCK_C]
     # gradient rows: input position i reads output q = i + pad - k * dil, at i + (K - 1 - k) * dil in gsp
-    offs_mg = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LG))
+    offs_mg = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LG))
     mg = gl.minimum(offs_mg, n_rows - 1)
     i = mg % S
     g_row = (mg // S).to(gl.int64) * (O * GP) + g * (OG * GP) + ((i // (IH * IW)) * (GH * GW) + ((i // IW) % IH) * GW
                                                                   + i % IW)
-    offs_kg = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LG))
+    offs_kg = _wide(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LG)), I64)
     g_off = gl.expand_dims(g_row, 1) + gl.expand_dims(offs_kg * GP, 0)
     offs_kw = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, LW))
-    offs_cw = gl.program_id(1) * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LW))
+    offs_cw = pid_c * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LW))
     if CG % BLOCK_C != 0:  # clamped only where needed: a clamp hides the contiguity (no 16-byte loads)
         offs_cw = gl.minimum(offs_cw, CG - 1)
     w_off = g * (T * OG * CG) + gl.expand_dims(offs_kw * CG, 1) + gl.expand_dims(offs_cw, 0)  # (G, T, OG, CG)
@@ -82,7 +82,7 @@ $ACC_INIT
     # out-channel blocks outer, the taps unrolled inside: each tap's shift is a constant, so the
     # loads take immediate offsets and ptxas issues the next tap's loads during this tap's arithmetic
     for o0 in range(0, OG, BLOCK_K):
-        g_base = gsp_ptr + (g_off + o0 * GP)
+        g_base = gsp_ptr + (g_off + _wide(o0, I64) * GP)
         w_base = w_off + o0 * CG
         for t in gl.static_range(T):
             gs = gl.expand_dims(gl.load(g_base + ((KD - 1 - t // (KH * KW)) * DD * (GH * GW)
@@ -122,11 +122,11 @@ $GEOMETRY
     P: gl.constexpr = OD * OH * OW
     S: gl.constexpr = ID * IH * IW
     NT: gl.constexpr = (OG + BLOCK_O - 1) // BLOCK_O
-    ob = gl.program_id(0) % NT
-    cb = gl.program_id(0) // NT
-    g = gl.program_id(1) // T
-    t = gl.program_id(1) % T
-    split = gl.program_id(2)
+    tile, gt, split = _pid3(NT * ((CG + BLOCK_C - 1) // BLOCK_C), (C // CG) * T, FOLD, I64)
+    ob = tile % NT
+    cb = tile // NT
+    g = gt // T
+    t = gt % T
     offs_ow = ob * BLOCK_O + gl.arange(0, BLOCK_O, layout=gl.SliceLayout(1, LW))
     offs_cw = cb * BLOCK_C + gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LW))
     w_off = gl.expand_dims(((g * T + t) * OG + gl.minimum(offs_ow, OG - 1)) * CG, 1) + \\
@@ -137,14 +137,14 @@ $W_LOADS
     # Per-thread offsets are kept free of runtime values (those go into the int64 row part): a
     # runtime term inside the int32 offsets, or a clamp, hides their constant stride from the
     # compiler, and each of a thread's channels then costs its own 64-bit address per row.
-    cx = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX))
+    cx = _wide(gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, LX)), I64)
     x_fix = g * (CG * S) + tap + cb * (BLOCK_C * S)
     if CG % BLOCK_C != 0:
         cx = gl.minimum(cb * BLOCK_C + cx, CG - 1)
         x_fix = g * (CG * S) + tap
     x_c = gl.expand_dims(cx * S, 0)
     offs_rg = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, LG))
-    og = gl.arange(0, BLOCK_O, layout=gl.SliceLayout(1, LG))
+    og = _wide(gl.arange(0, BLOCK_O, layout=gl.SliceLayout(1, LG)), I64)
     g_fix = (g * OG + ob * BLOCK_O) * P
     if OG % BLOCK_O != 0:
         og = gl.minimum(ob * BLOCK_O + og, OG - 1)
@@ -403,7 +403,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> 
     while k["OG"] % bk:
         bk //= 2
     cfg = (bm, bc, bk) + X_CONFIG[3:]
-    grid = ((rows + bm - 1) // bm, (k["CG"] + bc - 1) // bc, groups)
+    grid = tuning.fold(((rows + bm - 1) // bm, (k["CG"] + bc - 1) // bc, groups), k["FOLD"])
     fin = finite_flag(gs) if fin is None else fin
     return _call(mod, "_bwd_x_gluon", grid, (xk, *wb, gsp, fin, gxk, rows),
                  dict(k, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg), num_warps=cfg[7] * cfg[8],
@@ -442,11 +442,13 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int, 
     # Many programs per SM: with ~1 wave, the programs of a partial second wave ran alone and the
     # kernel took twice its work (run 2 of session 2: 1152 programs, 1.12 ms for adder).
     target = int(tuning.env("LAMBDACONV_GLUON_GW_PER_SM", GW_PER_SM)) * sms
-    splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br)))
+    splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br),
+                        tuning.max_splits(groups * taps * og * cg, k["I64"])))
     chunk = (rows + splits - 1) // splits
     slabs = [torch.empty((splits, groups, taps, og, cg), dtype=torch.float32, device=xp.device) for _ in range(n_w)]
     fin = finite_flag(gs) if fin is None else fin
-    ok = _call(mod, "_bwd_w_gluon", (tiles, groups * taps, splits), (xp, *wb, gs, fin, *slabs, rows, chunk),
+    grid = tuning.fold((tiles, groups * taps, splits), k["FOLD"])
+    ok = _call(mod, "_bwd_w_gluon", grid, (xp, *wb, gs, fin, *slabs, rows, chunk),
                dict(k, BLOCK_O=bo, BLOCK_R=br, BLOCK_C=bc, ROWS_U=rows_u, L3=layout, num_warps=wo * wc,
                                 **_maxnreg("GW", GW_MAXNREG if n_w == 1 and len(wb) == 1 else None)))
     return slabs if ok else None

@@ -55,13 +55,14 @@ $GEOMETRY
     NC: gl.constexpr = CG // (KS * BLOCK_K)  # channel blocks per tap
     NS: gl.constexpr = T * NC  # K steps
     CT: gl.constexpr = $COMPUTE
-    g = gl.program_id(2)
+    pid_m, pid_n, g = _pid3(gl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
     # x of a step: [KS, BLOCK_K, BLOCK_M], rows past the end re-read the last row (never stored)
     LXM: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, LX))
-    offs_m = gl.program_id(0) * BLOCK_M + gl.arange(0, BLOCK_M, layout=LXM)
+    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=LXM)
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, gl.SliceLayout(0, LX)))
     offs_s = gl.arange(0, KS, layout=gl.SliceLayout(1, gl.SliceLayout(2, LX)))
-    chan = gl.expand_dims(gl.expand_dims(offs_s * BLOCK_K, 1), 2) + gl.expand_dims(gl.expand_dims(offs_k, 1), 0)
+    chan = _wide(gl.expand_dims(gl.expand_dims(offs_s * BLOCK_K, 1), 2) + gl.expand_dims(gl.expand_dims(offs_k, 1), 0),
+                 I64)
     m_ld = gl.minimum(offs_m, n_rows - 1)
     n = m_ld // P
     p = m_ld % P
@@ -75,10 +76,11 @@ $GEOMETRY
     # weights (G, CG * T, OG): row c * T + t; out channels past the end re-read the last one
     offs_kw = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, gl.SliceLayout(0, LW)))
     offs_sw = gl.arange(0, KS, layout=gl.SliceLayout(1, gl.SliceLayout(2, LW)))
-    offs_n = gl.program_id(1) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(0, LW)))
+    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(0, LW)))
     if OG % BLOCK_N != 0:
         offs_n = gl.minimum(offs_n, OG - 1)
-    chan_w = gl.expand_dims(gl.expand_dims(offs_sw * BLOCK_K, 1), 2) + gl.expand_dims(gl.expand_dims(offs_kw, 1), 0)
+    chan_w = _wide(gl.expand_dims(gl.expand_dims(offs_sw * BLOCK_K, 1), 2) + gl.expand_dims(gl.expand_dims(offs_kw, 1), 0),
+                   I64)
     b_off = g * (CG * T * OG) + chan_w * (T * OG) + gl.expand_dims(gl.expand_dims(offs_n, 0), 0)
     xs = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, KS, BLOCK_K, BLOCK_M], SMX)
 $W_ALLOC
@@ -93,7 +95,7 @@ $W_STORE0
 $INIT
     for s in range(NS):
         # the next step's copy, loaded now so that its latency hides behind this step's taps
-        sn = gl.minimum(s + 1, NS - 1)  # the last step re-loads itself (stored, never read)
+        sn = gl.minimum(_wide(s, I64) + 1, NS - 1)  # the last step re-loads itself (stored, never read)
         tn = sn // NC
         cn = (sn % NC) * (KS * BLOCK_K)
         td = (tn // (KH * KW)) * DD

@@ -25,6 +25,45 @@ CANDIDATES = {
 }
 _SECOND = {"fwd": "BLOCK_N", "bwd_x": "BLOCK_C"}
 
+# Index arithmetic in the kernels is 32-bit (the fast path) while every tensor they index has at
+# most INDEX_LIMIT elements, 64-bit past it (the I64 constexpr; CUDA tensors of over 2**31 elements
+# failed to compile or would wrap). The margin under 2**31 covers the lanes a tile computes past a
+# tensor's end (at most a few hundred rows). Module-level: tests lower it to run the 64-bit code on
+# small tensors (clear function._CONSTS and function._PLANS after changing it).
+INDEX_LIMIT = 2 ** 31 - 2 ** 20
+GRID_YZ = 65535  # CUDA's largest grid y and z
+
+
+def index_flags(g) -> tuple:
+    """(I64, FOLD) of a Geometry, the constexprs every kernel takes (templates.GEOMETRY).
+    I64: some tensor a kernel of this call indexes has more than INDEX_LIMIT elements: the input as
+    given and padded, the output (and the upstream gradient, the winners), the Gluon input
+    gradient's zero-padded upstream gradient (full-convolution size), the weights.
+    FOLD: a grid's y or z could pass GRID_YZ (out or in channels per group in y, groups in z, the
+    weight gradients' groups x taps in y): grids are then launched folded into x (fold())."""
+    n, c, o, taps = g.batch, g.in_channels, g.out_channels, g.taps
+    padded, raw = math.prod(g.padded_size), math.prod(g.in_size)
+    full = math.prod(s + (k - 1) * d for s, k, d in zip(g.padded_size, g.kernel, g.dilation))
+    elems = max(n * c * max(padded, raw), n * o * max(g.positions, full), o * g.cin_per_group * taps)
+    return elems > INDEX_LIMIT, max(g.groups * taps, g.cout_per_group, g.cin_per_group) > GRID_YZ
+
+
+def fold(grid: tuple, folded: bool) -> tuple:
+    """The launch grid of a kernel whose grid is `grid` (x, y, z): as it is, or, where the kernel's
+    FOLD is set, (x * y * z, 1, 1), which its _pid3 unfolds."""
+    if not folded:
+        return grid
+    total = grid[0] * grid[1] * grid[2]
+    if total > 2 ** 31 - 1:
+        raise ValueError(f"lambdaconv: the triton kernels' grid {grid} has more than 2**31 - 1 programs")
+    return (total, 1, 1)
+
+
+def max_splits(w_elems: int, i64: bool) -> int:
+    """The most splits a weight-gradient kernel may use: its partial sums (SPLITS, *weight) are
+    indexed split * weight size + offset, in 32 bits unless I64; and splits are a grid's z."""
+    return GRID_YZ if i64 else max(1, min(GRID_YZ, INDEX_LIMIT // max(1, w_elems)))
+
 
 _ENV_DATA = getattr(os.environ, "_data", None)  # os._Environ's encoded dict (CPython, POSIX)
 _ENV_KEYS: dict = {}
@@ -123,7 +162,7 @@ def _configs(kind, n_cols, interpret, forced, tune) -> tuple:
 
 def _run(kind, kernel, args, kw, rows, n_cols, groups, cfg) -> None:
     bm, bn, w, st, un = cfg
-    grid = ((rows + bm - 1) // bm, (n_cols + bn - 1) // bn, groups)
+    grid = fold(((rows + bm - 1) // bm, (n_cols + bn - 1) // bn, groups), kw["FOLD"])
     kernel[grid](*args, **kw, BLOCK_M=bm, **{_SECOND[kind]: bn}, UNROLL=un, num_warps=w, num_stages=st)
 
 
