@@ -174,6 +174,11 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
         bk = (bias.shape, bias.dtype, bias.device)
     else:
         return None, False
+    if not isinstance(op, str):  # a callable: keyed by its guarded trace (a changed capture re-traces)
+        try:
+            op = resolve_op(op)
+        except (ValueError, TypeError):  # validation raises it again, with the call's context
+            return None, False
     return (d, op, tuple(ws), input.shape, input.dtype, input.device, bk,
             tuple(stride) if type(stride) is list else stride, tuple(padding) if type(padding) is list else padding,
             tuple(dilation) if type(dilation) is list else dilation, groups, reduce, padding_mode, backend,

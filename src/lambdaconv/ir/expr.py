@@ -91,7 +91,10 @@ def node(op: str, *args) -> Expr:
     if all(a.is_const for a in args) and spec.fold is not None:
         try:
             return const(spec.fold(*(a.value for a in args)))
-        except (ValueError, ZeroDivisionError, OverflowError):
+        except OverflowError:  # Python raises where float64 gives inf (9.0 ** 9 ** 9): fold as torch does
+            import torch
+            return const(float(spec.torch(*(torch.tensor(a.value, dtype=torch.float64) for a in args))))
+        except (ValueError, ZeroDivisionError):
             pass  # e.g. log(-1): keep the node, evaluation gives torch's NaN/inf
     simplified = _simplify(op, args)
     return simplified if simplified is not None else Expr(op, args)

@@ -12,16 +12,26 @@ _BIN = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow
 _CMP = {ast.Gt: "gt", ast.GtE: "ge", ast.Lt: "lt", ast.LtE: "le", ast.Eq: "eq", ast.NotEq: "ne"}
 _CONSTS = {"pi": math.pi, "e": math.e}
 _MODULES = ("torch", "F", "np", "math")  # torch.abs(x), F.relu(x) are spelled as their function
+# Bounds that keep any string, however hostile, from costing more than milliseconds to parse: an
+# op is a formula of a few dozen characters; a config file must not be able to hang a job.
+MAX_LENGTH = 4000
+MAX_DEPTH = 100  # nesting of the syntax tree (a sum of n terms nests n deep)
 
 
 def parse_string(text: str) -> tuple:
     """(expr, weight_names) for a string op; the input is `x`, weights in order of appearance."""
-    if len(text) > 10_000:
-        raise ValueError("op string is too long")
+    if len(text) > MAX_LENGTH:
+        raise ValueError(f"op string is too long ({len(text)} characters, at most {MAX_LENGTH})")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
-        raise ValueError(f"cannot parse op {text!r}: {err.msg}") from None
+        raise ValueError(f"cannot parse op {_short(text)}: {err.msg}") from None
+    except (RecursionError, MemoryError):  # CPython's parser gives up on deep nesting this way
+        raise ValueError(f"op string {_short(text)} nests too deeply to parse") from None
+    depth = _depth(tree.body)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"op string {_short(text)} nests {depth} levels deep (at most {MAX_DEPTH}): "
+                         "write long sums as a callable op or split them into terms")
     # weights as written, in order of appearance, even where folding removed one: where(1 > 0, x, B)
     # still has the parameter B, as a callable keeps every parameter of its signature
     seen = []
@@ -29,6 +39,21 @@ def parse_string(text: str) -> tuple:
     if "x" not in seen:
         raise ValueError(f"op {text!r} does not use the input `x`")
     return expr, tuple(n for n in seen if n != "x")
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:60]) + f"... ({len(text)} characters)"
+
+
+def _depth(root: ast.AST) -> int:
+    """Depth of the syntax tree, iteratively (the walk below recurses, so it must be bounded first)."""
+    best, stack = 0, [(root, 1)]
+    while stack:
+        n, d = stack.pop()
+        best = max(best, d)
+        if d <= MAX_DEPTH:  # past the bound the exact depth does not matter
+            stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
+    return best
 
 
 def _walk(n: ast.AST, text: str, seen: list):

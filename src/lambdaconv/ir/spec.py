@@ -1,10 +1,11 @@
 """OpSpec: an op resolved once (callable, string or preset) into the IR, cached per op."""
 from __future__ import annotations
 
-import weakref
+import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from . import guards
 from .expr import Expr
 from .grad import partials
 from .parse import parse_string
@@ -46,7 +47,9 @@ def _from_string(text: str, default_reduce: str, source: str) -> OpSpec:
     return OpSpec(expr, names, default_reduce, source)
 
 
-_callable_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Traces by guard key (ir/guards.py): the code object and every value it reads from outside.
+_TRACES: dict = {}
+_TRACES_MAX = 1024
 
 
 def resolve_op(op) -> OpSpec:
@@ -57,18 +60,23 @@ def resolve_op(op) -> OpSpec:
         if op in PRESETS:
             text, red = PRESETS[op]
             return _from_string(text, red, f"{op!r} preset: {text}")
+        if op.isidentifier() and op != "x":  # a bare name: a preset, misspelt
+            close = difflib.get_close_matches(op, PRESETS, n=1)
+            raise ValueError(f"unknown preset {op!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                             + f" (presets: {', '.join(PRESETS)}; an op string uses the input x, as in 'A*(x-B)')")
         return _from_string(op, "sum", op)
     if callable(op):
-        try:
-            return _callable_cache[op]
-        except (KeyError, TypeError):
-            pass
+        k = guards.key(op)
+        if k is not None:
+            spec = _TRACES.get(k)
+            if spec is not None:
+                return spec
         expr, names = trace_callable(op)
         spec = OpSpec(expr, names, "sum", getattr(op, "__name__", "op") + f": {expr}")
-        try:
-            _callable_cache[op] = spec
-        except TypeError:
-            pass  # not weak-referenceable: traced again next time
+        if k is not None:
+            if len(_TRACES) >= _TRACES_MAX:
+                _TRACES.clear()
+            _TRACES[k] = spec
         return spec
     raise TypeError(f"op must be a callable, an op string or a preset name, got {type(op).__name__}")
 

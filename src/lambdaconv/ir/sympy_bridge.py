@@ -14,6 +14,7 @@ are kept exact (sympy Rationals, from the float's exact binary value) until they
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -30,6 +31,14 @@ _BACK = {sp.exp: "exp", sp.sin: "sin", sp.cos: "cos"}
 # Above this integer power of a sum the expansion is not worth trying (it would be far over any
 # term budget anyway) and sympy's multinomial expansion would be slow.
 MAX_POWER = 12
+# The analysis must never hang a job, whatever the op (a config file may hold it), so its work is
+# bounded before sympy starts: ops larger than MAX_NODES IR nodes are not analysed; an integer
+# power above MAX_EXPONENT stays an opaque call (9**9**9 would otherwise be computed exactly, a
+# 370-million-digit integer); an expansion estimated above MAX_EXPANSION terms is not attempted
+# (its result could never be within plan.MAX_TERMS anyway, short of massive cancellation).
+MAX_NODES = 256
+MAX_EXPONENT = 64
+MAX_EXPANSION = 4096
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ def to_sympy(e: Expr, ctx: _Ctx) -> sp.Expr:
             v = a[0] / a[1]
         elif n.op == "neg":
             v = -a[0]
-        elif n.op == "pow" and a[1].is_Integer:
+        elif n.op == "pow" and a[1].is_Integer and abs(int(a[1])) <= MAX_EXPONENT:
             v = sp.Pow(a[0], a[1])
         elif n.op in _NATIVE:
             v = _NATIVE[n.op](a[0])
@@ -176,7 +185,31 @@ def _rewrite(f: sp.Expr) -> sp.Expr:
     return sp.cos(xp) * sp.cos(wp) - sp.sin(xp) * sp.sin(wp)
 
 
+def _size(s: sp.Expr) -> int:
+    """An upper estimate of the number of terms sp.expand(s) gives (capped: only the budget matters)."""
+    cap = MAX_EXPANSION + 1
+    if s.is_Add:
+        return min(cap, sum(_size(a) for a in s.args))
+    if s.is_Mul:
+        out = 1
+        for a in s.args:
+            out = min(cap, out * _size(a))
+        return out
+    if s.is_Pow and s.exp.is_Integer and s.exp > 1:
+        m, n = _size(s.base), int(s.exp)
+        return min(cap, math.comb(m + n - 1, n)) if m > 1 else 1  # monomials of degree n in m terms
+    if s.func in _BACK:
+        return 2  # the addition formulas split a mixed sum into two products
+    return 1
+
+
+@lru_cache(maxsize=4096)
 def _expand(s: sp.Expr) -> sp.Expr:
+    # cached: _rewrite expands each argument again, which without the cache is exponential in the
+    # nesting depth (sin(sin(... sin(x*W)))) took minutes at 22 levels)
+    n = _size(s)
+    if n > MAX_EXPANSION:
+        raise _NotSeparable(f"expanding the op would give more than {MAX_EXPANSION} terms (the planner's budget)")
     for p in s.atoms(sp.Pow):
         if p.exp.is_Integer and abs(int(p.exp)) > MAX_POWER and p.base.is_Add and _mixed(p.base):
             raise _NotSeparable(f"the power {p.exp} of a sum is too high to expand")
@@ -195,6 +228,9 @@ def separate(e: Expr) -> Separation:
 
 
 def _separate(e: Expr, ctx: _Ctx) -> Separation:
+    nodes = len(topo_order(e))
+    if nodes > MAX_NODES:
+        raise _NotSeparable(f"the op has {nodes} nodes, more than the planner analyses ({MAX_NODES})")
     s = _expand(to_sympy(e, ctx))
     if s.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         raise _NotSeparable("the op has a non-finite constant (a division by zero?)")

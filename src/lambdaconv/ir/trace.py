@@ -6,12 +6,14 @@ on the value, or any other function, is a ValueError that names it.
 """
 from __future__ import annotations
 
+import builtins
 import inspect
 import operator
 
 import torch
 import torch.fx as fx
 
+from . import guards
 from .builders import call
 from .expr import Expr, as_expr, inp, node, weight
 
@@ -45,11 +47,10 @@ def trace_callable(fn) -> tuple:
     try:
         gm = fx.symbolic_trace(fn)
     except fx.proxy.TraceError as err:
-        raise ValueError(
-            f"op cannot be traced: {err} (Python `if`/`and`/`or` on the value; use torch.where)"
-        ) from None
+        raise ValueError(_hint(fn) or f"op cannot be traced: {err} (Python `if`/`and`/`or` on the value; "
+                         "use torch.where)") from None
     except Exception as err:  # noqa: BLE001 - anything the user's code raises under tracing
-        raise ValueError(f"op cannot be traced: {type(err).__name__}: {err}") from None
+        raise ValueError(_hint(fn) or f"op cannot be traced: {type(err).__name__}: {err}") from None
     env = {}
     result = None
     for n in gm.graph.nodes:
@@ -70,6 +71,21 @@ def trace_callable(fn) -> tuple:
     except TypeError:
         raise ValueError(f"op must return a value computed from its inputs, got {result!r}") from None
     return result, tuple(names[1:])
+
+
+def _hint(fn):
+    """What to do instead, when the op reads something known not to trace (None otherwise)."""
+    seen = guards.reads(fn)
+    used = [n for n, f in (("max", builtins.max), ("min", builtins.min)) if any(v is f for v in seen)]
+    if used:
+        return (f"op cannot be traced: Python's builtin {'/'.join(f'{n}()' for n in used)} compares values with "
+                f"`if`; use torch.maximum / torch.minimum (or torch.clamp) for an elementwise "
+                f"{' / '.join(used)}")
+    if any(getattr(v, "__name__", "") == "numpy" or (type(v).__module__ or "").startswith("numpy")
+           or (getattr(v, "__module__", None) or "").startswith("numpy") for v in seen):
+        return "op cannot be traced: it calls numpy, which cannot see lambdaconv's traced values; use torch " \
+               "functions (torch.exp, torch.abs, ...)"
+    return None
 
 
 def _lookup(a, env):
