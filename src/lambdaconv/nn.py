@@ -171,7 +171,9 @@ def _uniform(p, bound: float) -> None:
 @lru_cache(maxsize=None)
 def _names() -> tuple:
     """(every attribute name of a plain layer but its weight, every attribute of a plain nn.Module)."""
-    plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear")
+    # on meta: initialising it must not draw from the global RNG (a seeded script's first layer
+    # would get other weights than with torch.nn)
+    plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear", device="meta")
     return frozenset(dir(plain)) - frozenset(plain.weight_names), frozenset(dir(nn.Module()))
 
 
