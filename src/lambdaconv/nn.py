@@ -171,9 +171,9 @@ def _uniform(p, bound: float) -> None:
 @lru_cache(maxsize=None)
 def _names() -> tuple:
     """(every attribute name of a plain layer but its weight, every attribute of a plain nn.Module)."""
-    # on meta: initialising it must not draw from the global RNG (a seeded script's first layer
-    # would get other weights than with torch.nn)
-    plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear", device="meta")
+    # the global RNG restored: initialising it must not shift a seeded script's weights
+    with torch.random.fork_rng(devices=[]):
+        plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear")
     return frozenset(dir(plain)) - frozenset(plain.weight_names), frozenset(dir(nn.Module()))
 
 
