@@ -78,3 +78,24 @@ def small_tiles(monkeypatch):
     """Force many tiny tiles so that the tile bookkeeping (edges, groups, batch splits) is exercised."""
     from lambdaconv.backends import tiles
     monkeypatch.setattr(tiles, "TILE_ELEMENTS", 64)
+
+
+def run_interpreted(test_file, cache=None, args=(), timeout=900, all_ran=False):
+    """Run `test_file` again in a child pytest under TRITON_INTERPRET=1 (triton kernels on CPU; the
+    interpreter must be chosen before triton is imported, hence a process of its own) and assert it
+    passed; `cache`: LAMBDACONV_CACHE for the child (None: unset); `all_ran`: nothing skipped."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop("LAMBDACONV_CACHE", None)
+    if cache is not None:
+        env["LAMBDACONV_CACHE"] = str(cache)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *args,
+           os.path.abspath(test_file)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    if all_ran:
+        assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]

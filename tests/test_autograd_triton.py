@@ -5,7 +5,6 @@ The triton backend computes in float32 (float64 is refused), so gradgradcheck ca
 second-order gradients are compared with the float64 reference at float32 tolerance instead.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,16 +12,12 @@ import torch
 
 pytest.importorskip("triton")
 
+from conftest import run_interpreted  # noqa: E402
+
 if os.environ.get("TRITON_INTERPRET") != "1":
 
     def test_interpreted(tmp_path):
-        env = {**os.environ, "TRITON_INTERPRET": "1", "LAMBDACONV_CACHE": str(tmp_path / "cache")}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-               os.path.abspath(__file__)]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+        run_interpreted(__file__, cache=tmp_path / "cache", all_ran=True)
 
 else:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

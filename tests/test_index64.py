@@ -7,7 +7,6 @@ code then runs on small tensors under TRITON_INTERPRET=1 and is checked against 
 reference. tests/gpu/test_huge_gpu.py runs the real sizes on a GPU.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -47,15 +46,12 @@ def test_fold_and_split_limits():
     assert tuning.max_splits(2 ** 30, True) == tuning.GRID_YZ
 
 
+from conftest import run_interpreted  # noqa: E402
+
 if os.environ.get("TRITON_INTERPRET") != "1":
 
     def test_interpreted_suite(tmp_path):
-        env = {**os.environ, "TRITON_INTERPRET": "1", "LAMBDACONV_CACHE": str(tmp_path / "cache")}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-               "-k", "interpreted", os.path.abspath(__file__)]
-        r = subprocess.run(cmd, env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+        run_interpreted(__file__, cache=tmp_path / "cache", args=("-k", "interpreted"), all_ran=True)
 
 else:
     sys.path.insert(0, HERE)

@@ -8,7 +8,6 @@ variable from its start (see test_triton.py).
 import os
 import py_compile
 import stat
-import subprocess
 import sys
 
 import pytest
@@ -18,15 +17,12 @@ pytest.importorskip("triton")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from conftest import run_interpreted  # noqa: E402
+
 if os.environ.get("TRITON_INTERPRET") != "1":
 
     def test_interpreted_suite(tmp_path):
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        env.pop("LAMBDACONV_CACHE", None)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-               os.path.abspath(__file__)]
-        r = subprocess.run(cmd, env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+        run_interpreted(__file__, timeout=600)
 
 else:
     import importlib.util

@@ -6,7 +6,6 @@ has TRITON_INTERPRET=1 from its start, and the setting never leaks into the othe
 tiny (the interpreter runs each tl op as a numpy call).
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,14 +15,12 @@ pytest.importorskip("triton")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from conftest import run_interpreted  # noqa: E402
+
 if os.environ.get("TRITON_INTERPRET") != "1":
 
     def test_interpreted_suite(tmp_path):
-        env = {**os.environ, "TRITON_INTERPRET": "1", "LAMBDACONV_CACHE": str(tmp_path / "cache")}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
-               os.path.abspath(__file__)]
-        r = subprocess.run(cmd, env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+        run_interpreted(__file__, cache=tmp_path / "cache")
 
 else:
     sys.path.insert(0, HERE)
