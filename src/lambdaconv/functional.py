@@ -185,6 +185,11 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
             torch.are_deterministic_algorithms_enabled(), env("TRITON_INTERPRET")), full
 
 
+def nothing_to_compute(call) -> bool:
+    """Meta tensors or zero input channels: no_kernel gives the output (eager and compiled routes)."""
+    return call.device.type == "meta" or call.geometry.in_channels == 0
+
+
 def no_kernel(x, bias, ws: dict, call) -> torch.Tensor:
     """The output of a call that has nothing to compute, with no backend run: on the meta device
     (shapes only: FSDP-style deferred initialisation, shape inference), and for zero input channels,
@@ -202,7 +207,7 @@ def _runner(b, call, backend, x, bias, ws):
     """(x, bias, ws) -> y for a validated call: decompose's own runner (everything fixed per call
     decided once, specialized to these tensors' dtypes and shapes, which the cache key holds), else
     the backend through the direct path's autocast handling."""
-    if call.device.type == "meta" or call.geometry.in_channels == 0:
+    if nothing_to_compute(call):
         return lambda x, bias, ws: no_kernel(x, bias, ws, call)
     if b.name == "decompose":
         return backends.decompose.runner_for(call, x, bias, ws)

@@ -174,7 +174,7 @@ def _traced(d, x, weights, bias, text, names, reduce, geometry):
     bias = bias[0] if bias else None
     xb, b, ws, call, unbatched, be = prepare_and_select(d, x, spec, weights, bias, stride, padding, dilation, groups,
                                                         reduce, padding_mode, backend, shown=text)
-    if call.device.type == "meta" or call.geometry.in_channels == 0:  # nothing to compute (as eager)
+    if _functional.nothing_to_compute(call):
         y = _functional.no_kernel(xb, b, ws, call)
     elif be.name in TRACEABLE:
         _warm(spec, reduce)
