@@ -34,8 +34,9 @@ def test_bench_rows_json_png(tmp_path):
         assert "error" not in r, r
         assert r["ms"] >= r["min_ms"] > 0 and r["peak_mib"] >= 0, r
         by.setdefault(r["op"], {})[r["method"]] = r
-    expected = {"offset": {"lambdaconv", "lambdaconv[tiled]", "nn.Conv2d", "unfold"},
-                "adder": {"lambdaconv", "nn.Conv2d", "unfold", "cdist"},
+    py = {"lambda", "lambda(inline)"}  # ops with a Python lambda in methods.LAMBDAS
+    expected = {"offset": {"lambdaconv", "lambdaconv[tiled]", "nn.Conv2d", "unfold"} | py,
+                "adder": {"lambdaconv", "nn.Conv2d", "unfold", "cdist"} | py,
                 "dilation": {"lambdaconv", "nn.Conv2d", "unfold"}}
     assert set(by) == set(expected)
     for op, ms in by.items():  # backends registered later add lambdaconv[NAME] rows

@@ -8,12 +8,16 @@
     unfold              unfold + broadcast + reduce, eager: the way people write such ops today;
                         materializes an (N, O, C*k*k, H*W) tensor per node of the op
     compile             torch.compile of that same function (inductor fuses the broadcast)
+    lambda              lc.conv2d with the op as a Python lambda, one function object reused
+    lambda(inline)      the same lambda written inside the call: a new function object each call
+                        (same code), as most functional calls are written; ops in LAMBDAS only
     cdist               torch.cdist(p=1) on the unfolded input: the L1 op -|x-W| (adder) only
     semiconv            pytorch-nd-semiconv (max-plus and log semifields), when it is installed
 """
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -26,7 +30,14 @@ from ..functional import prepare
 from ..ir import evaluate
 from .cases import OpCase, Shape
 
-ALL = ("lambdaconv", "backends", "nn.Conv2d", "unfold", "compile", "cdist", "semiconv")
+ALL = ("lambdaconv", "backends", "nn.Conv2d", "unfold", "compile", "cdist", "semiconv", "lambda")
+
+# Python lambdas for the "lambda" rows, by the op's canonical string (what resolve_op prints)
+LAMBDAS = {
+    "A*(x - B)": lambda x, A, B: A * (x - B),
+    "-abs(x - weight)": lambda x, weight: -torch.abs(x - weight),
+    "sigmoid(A*x)*B": lambda x, A, B: torch.sigmoid(A * x) * B,
+}
 
 _REDUCE = {
     "sum": lambda t, dim: t.sum(dim),
@@ -171,6 +182,15 @@ def methods_for(case: OpCase, shape: Shape, x, ws, wanted, device, dtype) -> lis
         out.append(Method("compile", _compile(eager), ws, note="torch.compile(unfold), fullgraph"))
     if "cdist" in wanted and shape.g == 1 and case.is_op("-abs(x-W)", "sum"):
         out.append(Method("cdist", _cdist_adder(shape, case.spec.weight_names[0]), ws))
+    fn = LAMBDAS.get(str(case.spec.expr))
+    if "lambda" in wanted and fn is not None:
+        geo = _geometry_args(shape)
+        out.append(Method("lambda", lambda x_, ws_: lc.conv2d(x_, fn, ws_, reduce=case.reduce, **geo), ws))
+
+        def inline(x_, ws_):  # what `lc.conv2d(x, lambda x, A, B: ..., ...)` in a forward does
+            f = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+            return lc.conv2d(x_, f, ws_, reduce=case.reduce, **geo)
+        out.append(Method("lambda(inline)", inline, ws, note="a new function object per call"))
     if "semiconv" in wanted:
         m = _semiconv(case, shape, device)
         if m is not None:
