@@ -81,3 +81,8 @@ def test_builtin_max_says_torch_maximum():
 def test_numpy_says_use_torch():
     with pytest.raises(ValueError, match="use torch functions"):
         lc.explain(lambda x, W: np.exp(x * W))
+
+
+def test_explain_says_a_weights_only_term_duplicates_the_bias():
+    assert "duplicates the bias" in str(lc.explain("A*x**2 + B*x + C"))
+    assert "duplicates the bias" not in str(lc.explain("offset"))  # -A*B shares A with the x term

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .ir import OpSpec, resolve_op, resolve_reduce
+from .ir import OpSpec, leaves, resolve_op, resolve_reduce
 from .ir.sympy_bridge import separate
 
 # Most stacked terms a decomposition may have. The conv then does MAX_TERMS times the
@@ -31,6 +31,7 @@ class Plan:
     reason: str  # why this strategy
     terms: tuple = field(default=())  # decompose: (g_i(x), h_i(w)) string pairs
     calls: tuple = field(default=())  # decompose: native calls, described
+    notes: tuple = field(default=())  # what the user may want to know (a term that duplicates the bias)
 
     def __str__(self) -> str:
         lines = [f"op:        {self.op}   (weights: {', '.join(self.weights) or 'none'})",
@@ -41,6 +42,8 @@ class Plan:
             lines.append("terms:     " + "  +  ".join(f"{gx} * [{hw}]" for gx, hw in self.terms))
         for c in self.calls:
             lines.append(f"call:      {c}")
+        for n in self.notes:
+            lines.append(f"note:      {n}")
         return "\n".join(lines)
 
 
@@ -72,7 +75,12 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
         calls += (f"padding_mode='ignore': sum over valid taps only, the validity mask convolved with {sep.const}",)
     why = f"op = sum of {n} term{'s' if n > 1 else ''} g(x) * h(weights)" + \
           (" + a weights-only term" if sep.const is not None else "") + ": one native convolution"
-    return Plan(str(spec.expr), spec.weight_names, reduce, "decompose", why, terms, calls)
+    notes = ()
+    used_with_x = {w for _, h in sep.terms for w in leaves(h, "weight")}
+    if sep.const is not None and not used_with_x & set(leaves(sep.const, "weight")):
+        notes = (f"the weights-only term {sep.const} uses no weight that meets x: summed over the taps it is one "
+                 f"constant per filter, which duplicates the bias (padding_mode='ignore' aside)",)
+    return Plan(str(spec.expr), spec.weight_names, reduce, "decompose", why, terms, calls, notes)
 
 
 def plan_for(spec: OpSpec, reduce: str) -> Plan:
