@@ -169,11 +169,16 @@ def _uniform(p, bound: float) -> None:
 
 
 @lru_cache(maxsize=None)
-def _names() -> tuple:
-    """(every attribute name of a plain layer but its weight, every attribute of a plain nn.Module)."""
+def _plain():
     # the global RNG restored: initialising it must not shift a seeded script's weights
     with torch.random.fork_rng(devices=[]):
-        plain = type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear")
+        return type("_Plain", (Conv1d,), {"_check_names": False})(1, 1, 1, op="linear")
+
+
+def _names() -> tuple:
+    """(every attribute name of a plain layer but its weight, every attribute of a plain nn.Module).
+    dir() on every call, not cached: nn.Module gains attributes at run time (torch.compile adds some)."""
+    plain = _plain()
     return frozenset(dir(plain)) - frozenset(plain.weight_names), frozenset(dir(nn.Module()))
 
 
