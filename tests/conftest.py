@@ -1,4 +1,6 @@
 """Shared test helpers: compare any backend with the float64 reference, forward and every gradient."""
+import contextlib
+
 import pytest
 import torch
 
@@ -74,10 +76,16 @@ def backends_for(d, x, op, ws, b, **kw):
 
 
 @pytest.fixture
-def small_tiles(monkeypatch):
+def lc_settings():
+    """set(**changes): lambdaconv.settings changed for the rest of the test, restored after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(lc.settings.override(**changes))
+
+
+@pytest.fixture
+def small_tiles(lc_settings):
     """Force many tiny tiles so that the tile bookkeeping (edges, groups, batch splits) is exercised."""
-    from lambdaconv.backends import tiles
-    monkeypatch.setattr(tiles, "TILE_ELEMENTS", 64)
+    lc_settings(tile_elements=64)
 
 
 def run_interpreted(test_file, cache=None, args=(), timeout=900, all_ran=False):

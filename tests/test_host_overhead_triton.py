@@ -1,10 +1,9 @@
 """The triton backend's host-side caches and shortcuts (backends/triton/function.py, tuning.py).
 
-What is cached per call key must give what the uncached code gives, and the settings read from the
-environment must still follow changes between calls. Runs in this process without triton kernels:
+What is cached per call key must give what the uncached code gives, and a change of settings between
+calls must still be followed. Runs in this process without triton kernels:
 the launch path is exercised with stub kernels that record their launches.
 """
-import os
 
 import pytest
 import torch
@@ -13,19 +12,17 @@ pytest.importorskip("triton")
 
 import lambdaconv as lc  # noqa: E402
 from lambdaconv.backends.triton import function as F  # noqa: E402
+from lambdaconv import settings  # noqa: E402
 from lambdaconv.backends.triton import tuning  # noqa: E402
 from lambdaconv.geometry import make_geometry  # noqa: E402
 
 
-def test_env_reads_like_os_environ(monkeypatch):
-    name = "LAMBDACONV_TEST_HOST_ENV"
-    monkeypatch.delenv(name, raising=False)
-    assert tuning.env(name) is None and tuning.env(name, "d") == "d"
-    for value in ("1", "", "outer", "é"):
-        monkeypatch.setenv(name, value)
-        assert tuning.env(name, "d") == os.environ.get(name, "d") == value
-    monkeypatch.delenv(name)
-    assert tuning.env(name, "d") == "d"
+def test_interpreting_reads_like_os_environ(monkeypatch):
+    for value, on in (("1", True), ("", False), ("0", False), ("yes", True)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert settings.interpreting() is on
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert settings.interpreting() is False
 
 
 def test_memo_caches_and_falls_back_for_unhashable_keys():
@@ -49,14 +46,13 @@ def test_consts_cached_per_geometry():
     assert F.consts(g, True) != F.consts(g, False)
 
 
-def test_configs_follow_the_environment(monkeypatch):
-    monkeypatch.delenv("LAMBDACONV_TRITON_CONFIG", raising=False)
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "1")
+def test_configs_follow_the_settings(lc_settings):
+    lc_settings(triton_config=None, tune=True)
     tuned = tuning.configs("fwd", 64, False)
     assert len(tuned) > 1
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "0")
+    lc_settings(tune=False)
     assert tuning.configs("fwd", 64, False) == tuned[:1]
-    monkeypatch.setenv("LAMBDACONV_TRITON_CONFIG", "32,16,4,1,2")
+    lc_settings(triton_config="32,16,4,1,2")
     assert tuning.configs("fwd", 64, False) == ((32, 16, 4, 1, 2),)
     assert tuning.configs("fwd", 64, True) == ((16, 16, 1, 1, 2),)  # interpreted: always the small one
 
@@ -107,9 +103,9 @@ class _Stub:
         return _K()
 
 
-def test_host_path_with_stub_kernels(monkeypatch):
+def test_host_path_with_stub_kernels(monkeypatch, lc_settings):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # so that the triton backend takes CPU tensors
-    monkeypatch.delenv("LAMBDACONV_TRITON_GW", raising=False)
+    lc_settings(triton_gw=None)
     monkeypatch.setattr(F, "_PLANS", {})  # no stub module left in the real caches
     log, built = [], []
 
@@ -135,7 +131,7 @@ def test_host_path_with_stub_kernels(monkeypatch):
     assert names == ["_fwd", "_bwd_x", "_bwd_w_rows"]
     k = F._consts(make_geometry(2, (2, 4, 6, 6), (4, 4, 3, 3), 1, 1, 1, 1, "zeros"), True)
     assert all(kw[n] == v for _, kw in first for n, v in k.items())
-    monkeypatch.setenv("LAMBDACONV_TRITON_GW", "outer")  # read per call
+    lc_settings(triton_gw="outer")  # read per call
     assert [n for n, _ in step("adder")] == ["_fwd", "_bwd_x", "_bwd_w"]
     assert [n for n, _ in step("dilation")] == ["_fwd", "_bwd_select"]
     assert len(built) == 2

@@ -63,10 +63,10 @@ else:
         return {n: (o, cg) + (k,) * d for n in names}
 
     CASES = [
-        # (id, d, op, reduce, weights, conv kwargs, env)
+        # (id, d, op, reduce, weights, conv kwargs, settings)
         ("adder-pad-bias", 2, "adder", None, _w(3, 2, 3, 2), dict(padding=1), {}),
         ("adder-outer-gw-stride", 2, "adder", None, _w(3, 2, 3, 2), dict(padding=2, stride=2, dilation=2),
-         {"LAMBDACONV_TRITON_GW": "outer"}),
+         {"triton_gw": "outer"}),
         ("dilation-max", 2, "dilation", None, _w(3, 2, 3, 2), dict(padding=1), {}),
         ("erosion-min-ignore", 2, "erosion", None, _w(3, 2, 3, 2), dict(padding=1, padding_mode="ignore"), {}),
         ("logsumexp", 2, "x+weight", "logsumexp", _w(3, 2, 3, 2), dict(padding=1), {}),
@@ -78,10 +78,10 @@ else:
     @pytest.mark.parametrize("i64,fold", [(True, False), (False, True), (True, True)],
                              ids=["i64", "fold", "i64-fold"])
     @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-    def test_interpreted_against_reference(case, i64, fold, monkeypatch):
+    def test_interpreted_against_reference(case, i64, fold, monkeypatch, lc_settings):
         _, d, op, reduce, wshapes, kw, env = case
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
+        if env:
+            lc_settings(**env)
         if i64:
             monkeypatch.setattr(tuning, "INDEX_LIMIT", 0)
         if fold:

@@ -36,10 +36,10 @@ else:
     from lambdaconv.backends.triton import kernels  # noqa: E402
 
     @pytest.fixture
-    def fresh_cache(tmp_path, monkeypatch):
+    def fresh_cache(lc_settings, tmp_path, monkeypatch):
         """An empty cache directory (not yet created) and no module loaded in this process."""
         d = tmp_path / "shared" / "cache"
-        monkeypatch.setenv("LAMBDACONV_CACHE", str(d))
+        lc_settings(cache_dir=str(d))
         monkeypatch.setattr(kernels, "_modules", {})
         monkeypatch.setattr(kernels, "_by_key", {})
         return d

@@ -61,9 +61,9 @@ else:
         x, ws, b = make_inputs(d, 2, c, size, wshapes, dtype=torch.float32, bias=True)
         check_backend("triton", d, x, op, ws, b, reduce=reduce, **kw)
 
-    def test_outer_product_weight_grad(monkeypatch):
+    def test_outer_product_weight_grad(lc_settings, monkeypatch):
         # the GPU's weight-gradient kernel for many channels; the interpreter defaults to the other
-        monkeypatch.setenv("LAMBDACONV_TRITON_GW", "outer")
+        lc_settings(triton_gw="outer")
         x, ws, b = make_inputs(2, 1, 2, (4, 4), _w(3, 2, 3, 2), dtype=torch.float32)
         check_backend("triton", 2, x, "adder", ws, b, padding=1, padding_mode="ignore")
         x, ws, b = make_inputs(2, 1, 2, (4, 3), _w(3, 2, 2, 2), dtype=torch.float32)

@@ -10,7 +10,7 @@ import torch
 from . import backends, library
 from .backends import composite
 from .backends.composite import transform_active
-from .backends.triton.tuning import env  # settings only (no triton import): 70 ns a read, os.environ.get 0.5 us
+from .settings import interpreting
 from .geometry import make_geometry
 from .ir import resolve_op, resolve_reduce
 
@@ -182,7 +182,7 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
     return (d, op, tuple(ws), input.shape, input.dtype, input.device, bk,
             tuple(stride) if type(stride) is list else stride, tuple(padding) if type(padding) is list else padding,
             tuple(dilation) if type(dilation) is list else dilation, groups, reduce, padding_mode, backend,
-            torch.are_deterministic_algorithms_enabled(), env("TRITON_INTERPRET")), full
+            torch.are_deterministic_algorithms_enabled(), interpreting()), full
 
 
 def nothing_to_compute(call) -> bool:

@@ -20,8 +20,8 @@ DIRECT = torch.ops.lambdaconv.direct_conv.default
 
 
 @pytest.fixture(autouse=True)
-def _setup(monkeypatch):
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "0")  # one config per kernel: fewer compiles
+def _setup(lc_settings, monkeypatch):
+    lc_settings(tune=False)  # one config per kernel: fewer compiles
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch._dynamo.reset()

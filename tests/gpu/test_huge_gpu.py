@@ -25,8 +25,8 @@ WIN = 24  # the output window the upstream gradient is non-zero in (the last WIN
 
 
 @pytest.fixture(autouse=True)
-def _settings(monkeypatch):
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "0")  # one config per kernel (variants forced below)
+def _settings(lc_settings, monkeypatch):
+    lc_settings(tune=False)  # one config per kernel (variants forced below)
     old = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     yield
@@ -87,9 +87,8 @@ def _window_grad(shape, device):
     return gy
 
 
-ADDER = [{}, {"LAMBDACONV_GLUON": "0", "LAMBDACONV_GLUON_BWD": "0"},
-         {"LAMBDACONV_GLUON_FWD_CONFIG": "6", "LAMBDACONV_GLUON_BWD": "0", "LAMBDACONV_TRITON_GW": "outer"}]
-MAXPLUS = [{}, {"LAMBDACONV_GLUON": "0"}]
+ADDER = [{}, {"gluon": "0", "gluon_bwd": "0"}, {"gluon_fwd_config": "6", "gluon_bwd": "0", "triton_gw": "outer"}]
+MAXPLUS = [{}, {"gluon": "0"}]
 
 
 @pytest.mark.parametrize("op,variants", [("adder", ADDER), ("dilation", MAXPLUS)], ids=["adder", "max-plus"])
@@ -104,9 +103,7 @@ def test_input_past_2_31(op, variants, monkeypatch):
     gy = _window_grad((1, 2, 8192, 8200), "cuda")
     first = None
     for env in variants:
-        with monkeypatch.context() as m:
-            for k, v in env.items():
-                m.setenv(k, v)
+        with lc.settings.override(**env):
             y, gx, gw = _run(x, w, op, gy)
         _check_crops(x, w, op, gy, y, gx, gw, f"{op} {env}")
         if first is None:

@@ -17,8 +17,8 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32(monkeypatch):
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "0")  # one config per kernel: fewer compiles
+def _no_tf32(lc_settings, monkeypatch):
+    lc_settings(tune=False)  # one config per kernel: fewer compiles
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
@@ -119,8 +119,8 @@ def test_half_inference_is_rounded_fp32(op, dtype):
 
 
 @pytest.mark.parametrize("op,reduce", [("adder", None), ("dilation", None), ("x+weight", "logsumexp")])
-def test_many_channels(op, reduce, monkeypatch):
-    monkeypatch.setenv("LAMBDACONV_TRITON_TUNE", "1")
+def test_many_channels(lc_settings, op, reduce, monkeypatch):
+    lc_settings(tune=True)
     # tiles of 64 channels, the outer-product weight gradient, the tuner's candidates
     check(2, op, reduce, n=3, c=48, o=80, size=12, padding=1)
 
@@ -147,11 +147,11 @@ GLUON_CASES = [  # (op, reduce, weights, dims, conv kwargs): tails in rows, out 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("case", GLUON_CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}d" for c in GLUON_CASES])
-def test_gluon_forward(case, dtype, monkeypatch):
+def test_gluon_forward(lc_settings, case, dtype, monkeypatch):
     # inference forward through the Gluon kernel ("strict": a compile failure fails the test instead
     # of falling back), against the float64 reference; sizes leave tails in every tile dimension
     op, reduce, wn, d, kw = case
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    lc_settings(gluon="strict")
     g = torch.Generator(device="cuda").manual_seed(3)
     groups = kw.get("groups", 1)
     c, o, size = 12, 70, (13 if d < 3 else 6)
@@ -193,12 +193,12 @@ def test_gluon_fallback_warns_once(monkeypatch):
 @pytest.mark.parametrize("i", range(16))
 @pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
                                           ("dilation", None, ("weight",)), ("-(x-weight)**2", "mean", ("weight",))])
-def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
+def test_gluon_every_config(lc_settings, i, op, reduce, wn, monkeypatch):
     # each tuner candidate (unrolled, pipelined, ...) on its own, channels a multiple of BLOCK_K and not
     from lambdaconv.backends.triton import gluon
     if i >= len(gluon.CONFIGS):
         pytest.skip("fewer configs")
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    lc_settings(gluon="strict")
     monkeypatch.setattr(gluon, "CONFIGS", [gluon.CONFIGS[i]])
     g = torch.Generator(device="cuda").manual_seed(i)
     for c, o in ((16, 64), (12, 70)):
@@ -215,11 +215,11 @@ def test_gluon_every_config(i, op, reduce, wn, monkeypatch):
 @pytest.mark.parametrize("d,kw", [(2, dict(padding=1, stride=2)), (2, dict(padding=2, dilation=2, groups=2)),
                                   (1, dict(padding=1, padding_mode="reflect")), (3, dict(padding=1)),
                                   (2, dict(padding=0, groups=4))])
-def test_gluon_staged_geometry(d, kw, dtype, monkeypatch):
+def test_gluon_staged_geometry(lc_settings, d, kw, dtype, monkeypatch):
     # the shared-memory-staged forward configs (K_MODE 4) one by one, training (sum-type: no winners)
     # and inference (max), over stride / dilation / groups / padding modes / 1-3 dims and fp16
     from lambdaconv.backends.triton import gluon
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
+    lc_settings(gluon="strict")
     staged = [c for c in gluon.CONFIGS if gluon.gluon_staged.is_staged(c)]
     assert staged
     for cfg in staged:
@@ -239,34 +239,34 @@ def test_gluon_staged_geometry(d, kw, dtype, monkeypatch):
                          ids=["pad", "stride2", "dil-groups", "reflect", "valid"])
 @pytest.mark.parametrize("op,reduce,wn", [("adder", None, ("weight",)), ("sigmoid(A*x)*B", None, ("A", "B")),
                                           ("x*weight", "mean", ("weight",))])
-def test_gluon_backward(op, reduce, wn, kw, monkeypatch):
+def test_gluon_backward(lc_settings, op, reduce, wn, kw, monkeypatch):
     # the opt-in Gluon backward kernels (input gradient: stride 1; weights: any stride), "strict"
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
-    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
+    lc_settings(gluon="strict")
+    lc_settings(gluon_bwd="1")
     check(2, op, reduce, wnames=wn, n=3, c=12, o=20, size=13, **kw)
 
 
 @pytest.mark.parametrize("u", ["1", "2", "4"])
 @pytest.mark.parametrize("op,wn", [("adder", ("weight",)), ("sigmoid(A*x)*B", ("A", "B"))])
-def test_gluon_backward_full_tiles(op, wn, u, monkeypatch):
+def test_gluon_backward_full_tiles(lc_settings, op, wn, u, monkeypatch):
     # channels a multiple of the tiles (no clamped offsets: the kernels' fast addressing), rows
     # unrolled ROWS_U times in the weight gradient, rows not a multiple of the unrolled block
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
-    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
-    monkeypatch.setenv("LAMBDACONV_GLUON_GW_U", u)
+    lc_settings(gluon="strict")
+    lc_settings(gluon_bwd="1")
+    lc_settings(gluon_gw_u=int(u))
     check(2, op, None, wnames=wn, n=3, c=64, o=32, size=13, padding=1)
 
 
 @pytest.mark.parametrize("nan_gy", [False, True])
 @pytest.mark.parametrize("sgn", ["0", "1"])
-def test_gluon_backward_sign_ties_nan(sgn, nan_gy, monkeypatch):
+def test_gluon_backward_sign_ties_nan(lc_settings, sgn, nan_gy, monkeypatch):
     # |x - w|'s gradients with many ties (small integers: sign 0 there), NaN and inf inputs, and a
     # NaN upstream gradient (the kernels' exact loop) or none (their fast loop: ties add nothing),
     # through the predicated sign accumulation ("1") and the selects ("0"): values and NaN / inf
     # patterns as the float64 reference's
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
-    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
-    monkeypatch.setenv("LAMBDACONV_GLUON_SGN", sgn)
+    lc_settings(gluon="strict")
+    lc_settings(gluon_bwd="1")
+    lc_settings(gluon_sgn=sgn)
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randint(-2, 3, (2, 16, 9, 9), device="cuda", generator=g).float()
     w = torch.randint(-2, 3, (32, 16, 3, 3), device="cuda", generator=g).float()
@@ -284,16 +284,16 @@ def test_gluon_backward_sign_ties_nan(sgn, nan_gy, monkeypatch):
 
 
 @pytest.mark.parametrize("d", [1, 3])
-def test_gluon_backward_dims(d, monkeypatch):
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
-    monkeypatch.setenv("LAMBDACONV_GLUON_BWD", "1")
+def test_gluon_backward_dims(lc_settings, d, monkeypatch):
+    lc_settings(gluon="strict")
+    lc_settings(gluon_bwd="1")
     check(d, "adder", None, c=6, o=10, size=7 if d == 3 else 30, padding=1)
 
 
 @pytest.mark.parametrize("i", range(16))
 @pytest.mark.parametrize("op,reduce,kw", [("dilation", None, dict(padding=1)), ("erosion", None, dict(padding=1, stride=2)),
                                           ("-(x+weight)", "max", dict(padding=2, dilation=2, groups=2))])
-def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
+def test_gluon_winner_matches_portable(lc_settings, i, op, reduce, kw, monkeypatch):
     # max/min training: the Gluon forward keeps the winning step and finds the tap in it; with many
     # ties (small integers) its winners, hence every gradient, equal the portable kernel's bit for bit
     from lambdaconv.backends.triton import gluon
@@ -306,7 +306,7 @@ def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
         w = torch.randint(-2, 3, (o, c // kw.get("groups", 1), 3, 3), device="cuda", generator=g).float()
         outs = {}
         for mode in ("strict", "0"):
-            monkeypatch.setenv("LAMBDACONV_GLUON", mode)
+            lc_settings(gluon=mode)
             xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
             y = lc.conv2d(xr, op, {"weight": wr}, reduce=reduce, backend="triton", **kw)
             gy = torch.arange(y.numel(), device="cuda", dtype=torch.float32).reshape(y.shape) % 7 - 3
@@ -319,12 +319,12 @@ def test_gluon_winner_matches_portable(i, op, reduce, kw, monkeypatch):
 
 
 @pytest.mark.parametrize("fast", ["1", "0"])
-def test_fast_launch_repeated_calls(fast, monkeypatch):
+def test_fast_launch_repeated_calls(lc_settings, fast, monkeypatch):
     # the second and later launches of a Gluon kernel skip Triton's argument binding (launch.py):
     # repeated calls, a change of batch size (new ints) and of dtype, each against the reference
     from lambdaconv.backends.triton import launch
-    monkeypatch.setenv("LAMBDACONV_GLUON", "strict")
-    monkeypatch.setenv("LAMBDACONV_FAST_LAUNCH", fast)
+    lc_settings(gluon="strict")
+    lc_settings(fast_launch=fast != '0')
     for n in (2, 2, 3, 2):
         check(2, "adder", n=n, c=16, o=16, size=10, padding=1)
     check(2, "adder", n=2, c=16, o=16, size=10, padding=1, dtype=torch.float16)

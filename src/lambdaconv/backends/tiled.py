@@ -1,7 +1,7 @@
 """The direct path in torch ops: evaluate the op tile by tile and reduce, any device.
 
 Never materializes the (N, O, C*K, P) taps tensor: each tile's (Ot, Mt, CK) taps live only
-inside one loop step, so memory is bounded by tiles.TILE_ELEMENTS whatever the input size. The
+inside one loop step, so memory is bounded by settings.tile_elements whatever the input size. The
 backward recomputes each tile and applies the op's symbolic partials (ir.grad), weighted by the
 reduction: 1 (sum), 1/count (mean), softmax (logsumexp); max/min gather the winning tap saved by
 the forward and do O(outputs) work.
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from .. import settings
 from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
 from ..ir.expr import peel_scale
 from ..reference import IDENTITY
 from .composite import compute_dtype, direct_backward
-from .tiles import TILE_ELEMENTS_GPU, buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
+from .tiles import buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
 
 
 class _Ctx:
@@ -50,9 +51,9 @@ class _Ctx:
 
 
 def tile_budget(w: dict):
-    from . import tiles as _t  # read at call time: tests shrink TILE_ELEMENTS to force many tiles
     dev = next(iter(w.values())).device
-    return _t.TILE_ELEMENTS if dev.type == "cpu" else TILE_ELEMENTS_GPU
+    s = settings.get()  # read per call: tests shrink the budget to force many tiles
+    return s.tile_elements if dev.type == "cpu" else s.tile_elements_gpu
 
 
 def _full(v: torch.Tensor, shape) -> torch.Tensor:

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
+from .. import settings
 from ..geometry import Geometry
 
-# Elements of one (Ot, Mt, CK) taps tensor. 1M fp32 = 4 MiB: big enough that per-op dispatch
-# overhead is small, small enough that a few live intermediates stay in the L2/L3 caches.
-TILE_ELEMENTS = int(os.environ.get("LAMBDACONV_TILE_ELEMENTS", 1 << 20))
-# On a GPU each torch op is a kernel launch; cache-sized tiles would make launches the cost, so
-# tiles there are as large as a fixed memory budget allows (32M elements, 128 MiB in fp32).
-TILE_ELEMENTS_GPU = int(os.environ.get("LAMBDACONV_TILE_ELEMENTS_GPU", 1 << 25))
+# The tile budget (settings.tile_elements, _gpu): elements of one (Ot, Mt, CK) taps tensor. 1M fp32 =
+# 4 MiB on CPU: big enough that per-op dispatch overhead is small, small enough that a few live
+# intermediates stay in the L2/L3 caches. On a GPU each torch op is a kernel launch; cache-sized tiles
+# would make launches the cost, so tiles there are as large as a fixed memory budget allows (32M
+# elements, 128 MiB in fp32).
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class Tile:
 
 def tiles(g: Geometry, budget: int = None):
     """Yield the tiles covering the output, each within `budget` taps-tensor elements if possible."""
-    budget = budget or TILE_ELEMENTS
+    budget = budget or settings.get().tile_elements
     ck = g.cin_per_group * g.taps
     row = math.prod(g.out_size[1:]) * ck  # elements per (o, n, r) triple
     og = g.cout_per_group

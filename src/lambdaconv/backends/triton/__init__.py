@@ -31,7 +31,7 @@ def _unsupported(call: Call):
     if call.dtype == torch.float64:
         return "the triton kernels compute in float32; float64 runs on 'tiled'"
     if call.device.type == "cpu":
-        from .tuning import interpreting
+        from ...settings import interpreting
         if not interpreting():
             return "CPU tensors run triton kernels only under TRITON_INTERPRET=1 (slow: for tests)"
         return None

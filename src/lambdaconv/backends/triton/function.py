@@ -15,12 +15,13 @@ from typing import NamedTuple
 
 import torch
 
+from ... import settings
 from ...geometry import Geometry, pad_input, valid_taps
 from ..composite import direct_backward
 from . import gluon_bwd, tuning
 from .kernels import half_exact, kernels
 from .pad import padded
-from .tuning import interpreting
+from ...settings import interpreting
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
 _HALF = {torch.float16: "tl.float16"}
@@ -227,7 +228,7 @@ class TritonConv(torch.autograd.Function):
             # the predicated sign accumulation, session 4) and the input gradient where that
             # accumulation applies (|x - w|-type terms: 0.49 ms against the portable 0.575; with the
             # selects it was 0.63), "1" both kernels, "0" neither. Two-weight ops stay portable.
-            mode = tuning.env("LAMBDACONV_GLUON_BWD", "auto")
+            mode = settings.get().gluon_bwd
             base = reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
             fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
             fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
@@ -280,7 +281,7 @@ def gluon_wanted(device, interp=None) -> bool:
     """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0.
     `interp`: interpreting(), where the caller has read it already."""
     if device.type != "cuda" or (interpreting() if interp is None else interp) \
-            or tuning.env("LAMBDACONV_GLUON", "1") == "0":
+            or settings.get().gluon == "0":
         return False
     if device.index is None:  # the current device: may change between calls
         return torch.cuda.get_device_capability(device) >= (8, 0)
@@ -363,7 +364,7 @@ def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, interp, sl
     The outer-product kernel (_bwd_w) needs enough channels per group for its (out x in) tile; with
     few (depthwise) the row-vectorized one (_bwd_w_rows) is used. The interpreter also takes the
     row-vectorized one (its cost is per loop step) unless LAMBDACONV_TRITON_GW=outer."""
-    forced = tuning.env("LAMBDACONV_TRITON_GW")
+    forced = settings.get().triton_gw
     outer = forced == "outer" or (forced != "rows" and not interp and g.cout_per_group * g.cin_per_group >= 256)
     sms = tuning.sm_count(xk.device)
     p = tuning.memo(_PLANS, ("gw", g, outer, interp, sms), lambda: _grad_w_plan(g, outer, interp, sms))

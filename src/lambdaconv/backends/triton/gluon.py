@@ -22,6 +22,7 @@ from string import Template
 
 from . import gluon_staged
 from . import templates as T
+from ... import settings
 from .codegen import OUTPUT_TILE, indent as _indent
 from . import tuning
 from .launch import launch as fast_launch
@@ -310,7 +311,7 @@ def load_once(key, make_text):
         try:
             mod = load(text, False)
         except Exception as err:  # ImportError (no triton.experimental.gluon), an API it lacks
-            if tuning.env("LAMBDACONV_GLUON") == "strict":
+            if settings.get().gluon == "strict":
                 raise
             _warn(err)
     _modules[key] = mod
@@ -366,8 +367,9 @@ def keeps_winners(cfg) -> bool:
     return cfg[-1] < 3
 
 
+@settings.on_change
 def clear_decisions() -> None:
-    """Forget the launch decisions and tuning results (after changing CONFIGS in place: sweeps)."""
+    """Forget the launch decisions and tuning results (after changing CONFIGS in place, or the settings)."""
     _fast.clear()
     _chosen.clear()
 
@@ -425,13 +427,13 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg, raw=None) -> bool:
             fn = mod._fwd_gluon
             opts = dict(kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, L3=layout(cfg), K_MODE=cfg[-1],
                         num_warps=cfg[7] * cfg[8])
-        cap = tuning.env("LAMBDACONV_GLUON_FWD_MAXNREG")  # a register cap for every config (sweeps)
-        cap = FWD_MAXNREG.get(cfg) if cap is None else (int(cap) or None)
+        cap = settings.get().gluon_fwd_maxnreg  # a register cap for every config (sweeps)
+        cap = FWD_MAXNREG.get(cfg) if cap is None else (cap or None)
         if cap:
             opts["maxnreg"] = cap
         fast_launch(fn, grid, args, opts)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
-        if tuning.env("LAMBDACONV_GLUON") == "strict":  # benchmarks and tests: fail loudly
+        if settings.get().gluon == "strict":  # benchmarks and tests: fail loudly
             raise
         _failed.add(mod)
         _warn(err)
@@ -444,8 +446,8 @@ def forward(mod, args, kw, rows, og, groups, cg, portable, raw=None) -> None:
     timed once per (module, geometry, batch-size bucket) as tuning.launch does."""
     from . import tuning
 
-    forced = tuning.env("LAMBDACONV_GLUON_FWD_CONFIG")  # a config for every forward (profiling, sweeps)
-    tune = tuning.tuning_enabled()
+    s = settings.get()
+    forced, tune = s.gluon_fwd_config, s.tune  # forced: a config for every forward (profiling, sweeps)
     # the decision per (module, geometry, batch-size bucket, settings), looked up by identity: the
     # sorted-kw key, the candidates and their fits cost more host time than the launch on a slow host
     fkey = (id(mod), id(kw), 1 << max(0, (rows - 1).bit_length()), cg, forced, tune, id(CONFIGS))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from string import Template
 
+from ... import settings
 from . import gradcode, tuning
 from .launch import launch as fast_launch
 from . import templates as T
@@ -214,7 +215,7 @@ def sgn_enabled(kernel: str) -> bool:
     """The predicated sign accumulation (gradcode.branches) in the Gluon backward `kernel` ("x" or
     "w"). LAMBDACONV_GLUON_SGN: "1" both (default), "0" neither, "x" / "w" that kernel only: the
     plain selects otherwise (comparisons, sweeps)."""
-    v = tuning.env("LAMBDACONV_GLUON_SGN", SGN_DEFAULT)
+    v = settings.get().gluon_sgn
     return v == "1" or v == kernel
 
 
@@ -363,7 +364,7 @@ def _call(mod, name, grid, args, kw) -> bool:
     try:
         fast_launch(getattr(mod, name), grid, args, kw)
     except Exception as err:  # no Gluon here, an API it lacks, a GPU it cannot target
-        if tuning.env("LAMBDACONV_GLUON") == "strict":
+        if settings.get().gluon == "strict":
             raise
         gluon._failed.add(mod)
         gluon._warn(err)
@@ -399,7 +400,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> 
     n = gs.shape[0]
     gsp = F.pad(gs.reshape(n, gs.shape[1], k["OD"], k["OH"], k["OW"]), pads).contiguous()
     bm, bc, bk = X_CONFIG[:3]
-    bk = int(tuning.env("LAMBDACONV_GLUON_GX_BK", bk))  # out channels per thread and step (sweeps)
+    bk = settings.get().gluon_gx_bk or bk  # out channels per thread and step (sweeps)
     while k["OG"] % bk:
         bk //= 2
     cfg = (bm, bc, bk) + X_CONFIG[3:]
@@ -412,7 +413,7 @@ def grad_x(spec, xk, wb, gs, gxk, k: dict, rows: int, groups: int, fin=None) -> 
 
 def _maxnreg(which: str, default=None) -> dict:
     """{"maxnreg": n}: LAMBDACONV_GLUON_<which>_MAXNREG ("0": no cap), else the default (None: no cap)."""
-    v = tuning.env(f"LAMBDACONV_GLUON_{which}_MAXNREG")
+    v = getattr(settings.get(), f"gluon_{which.lower()}_maxnreg")
     v = default if v is None else (int(v) or None)
     return {"maxnreg": v} if v else {}
 
@@ -433,15 +434,16 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int, 
     from triton.experimental.gluon import language as gl
     n_w = sum(1 for v in need_w if v)
     # [TO, TC] partial sums per thread and weight, warps along O and C (env "TO,TC,WO,WC" for sweeps)
-    to, tc, wo, wc = (int(v) for v in tuning.env("LAMBDACONV_GLUON_GW_TILE", GW_TILE).split(","))
-    rows_u = int(tuning.env("LAMBDACONV_GLUON_GW_U", GW_ROWS_U))
+    s = settings.get()
+    to, tc, wo, wc = (int(v) for v in (s.gluon_gw_tile or GW_TILE).split(","))
+    rows_u = s.gluon_gw_u or GW_ROWS_U
     bo, bc, br = to * wo, tc * wc, 32
     layout = gl.BlockedLayout([to, 1, tc], [1, 32, 1], [wo, 1, wc], [2, 1, 0])
     og, cg, taps = k["OG"], k["CG"], k["KD"] * k["KH"] * k["KW"]
     tiles = ((og + bo - 1) // bo) * ((cg + bc - 1) // bc)
     # Many programs per SM: with ~1 wave, the programs of a partial second wave ran alone and the
     # kernel took twice its work (run 2 of session 2: 1152 programs, 1.12 ms for adder).
-    target = int(tuning.env("LAMBDACONV_GLUON_GW_PER_SM", GW_PER_SM)) * sms
+    target = (s.gluon_gw_per_sm or GW_PER_SM) * sms
     splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br),
                         tuning.max_splits(groups * taps * og * cg, k["I64"])))
     chunk = (rows + splits - 1) // splits

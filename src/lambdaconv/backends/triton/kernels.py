@@ -23,6 +23,7 @@ import tempfile
 import types
 from string import Template
 
+from ... import settings
 from ...ir import OpSpec
 from . import gradcode
 from . import templates as T
@@ -34,8 +35,7 @@ _modules: dict = {}
 
 
 def cache_dir() -> str:
-    d = os.environ.get("LAMBDACONV_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lambdaconv")
+    d = settings.get().cache_dir or settings.default_cache_dir()
     os.makedirs(d, mode=0o700, exist_ok=True)  # private when we create it (an existing one is the user's)
     return d
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from . import tuning
+from ... import settings
 
 _VERSIONS = ("3.6.",)
 _OK = triton.__version__.startswith(_VERSIONS)
@@ -44,7 +44,7 @@ def _spec(a):
 
 def launch(fn, grid: tuple, args: tuple, kw: dict) -> None:
     """fn[grid](*args, **kw), through the cached launcher where it applies."""
-    if not _OK or tuning.env("LAMBDACONV_FAST_LAUNCH", "1") == "0":
+    if not _OK or not settings.get().fast_launch:
         fn[grid](*args, **kw)
         return
     dev = _get_device()

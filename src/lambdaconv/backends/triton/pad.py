@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ...geometry import Geometry, pad_input
 from .launch import launch
-from .tuning import interpreting
+from ...settings import interpreting
 
 
 @triton.jit

@@ -9,9 +9,11 @@ config is used untimed.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
+
+from ... import settings
+from ...settings import interpreting
 
 _chosen: dict = {}
 
@@ -65,29 +67,6 @@ def max_splits(w_elems: int, i64: bool) -> int:
     return GRID_YZ if i64 else max(1, min(GRID_YZ, INDEX_LIMIT // max(1, w_elems)))
 
 
-_ENV_DATA = getattr(os.environ, "_data", None)  # os._Environ's encoded dict (CPython, POSIX)
-_ENV_KEYS: dict = {}
-
-
-def env(name: str, default=None):
-    """os.environ.get(name, default), read afresh on every call (tests set these between calls).
-    Through os._Environ's encoded dict where there is one: a triton fwd+bwd reads ~16 settings,
-    and on the GPU machine's host os.environ.get cost ~5 us each (cProfile, session 4), more than
-    some kernels there; a plain os.environ.get elsewhere."""
-    if _ENV_DATA is None:
-        return os.environ.get(name, default)
-    key = _ENV_KEYS.get(name)
-    if key is None:
-        key = _ENV_KEYS[name] = os.environ.encodekey(name)
-    v = _ENV_DATA.get(key)
-    return default if v is None else os.environ.decodevalue(v)
-
-
-def interpreting() -> bool:
-    """TRITON_INTERPRET set: kernels run in triton's interpreter (CPU tensors; tests)."""
-    return env("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 MEMO_MAX = 4096  # entries per host-side cache: a new batch size makes a new geometry
 
 
@@ -123,22 +102,18 @@ def _pow2_at_most(v: int, cap: int) -> int:
     return max(1, min(cap, 1 << max(0, math.ceil(math.log2(max(1, v))))))
 
 
-def tuning_enabled() -> bool:
-    return env("LAMBDACONV_TRITON_TUNE", "1") not in ("", "0")
-
-
 _CONFIGS: dict = {}
 
 
 def configs(kind: str, n_cols: int, interpret=None) -> tuple:
     """The candidate configs (one: untuned). Cached per (kind, n_cols) and the settings they
-    depend on, which are read on every call (tests change them between calls)."""
+    depend on (tests and sweeps change them between calls)."""
     if interpret is None:
         interpret = interpreting()
     forced = tune = None
     if not interpret:
-        forced = env("LAMBDACONV_TRITON_CONFIG")  # "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
-        tune = tuning_enabled()
+        s = settings.get()
+        forced, tune = s.triton_config, s.tune  # forced: "BLOCK_M,BLOCK_N,warps,stages,unroll" (debugging)
     return memo(_CONFIGS, (kind, n_cols, interpret, forced, tune), lambda: _configs(kind, n_cols, interpret, forced,
                                                                                      tune))
 
