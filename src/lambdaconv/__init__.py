@@ -5,7 +5,7 @@
     y = lc.conv2d(x, "-abs(x-W)", {"W": w}, padding=1)
     print(lc.explain("A*(x-B)"))
 """
-from . import settings
+from . import reductions, settings
 from .functional import conv1d, conv2d, conv3d
 from .nn import Conv1d, Conv2d, Conv3d
 from .plan import Plan, explain
@@ -15,4 +15,4 @@ from .geometry import PADDING_MODES
 __version__ = "0.1.0"
 
 __all__ = ["conv1d", "conv2d", "conv3d", "Conv1d", "Conv2d", "Conv3d", "explain", "Plan", "PRESETS",
-           "REDUCES", "PADDING_MODES", "settings"]
+           "REDUCES", "PADDING_MODES", "reductions", "settings"]

@@ -209,9 +209,9 @@ def _runner(b, call, backend, x, bias, ws):
     the backend through the direct path's autocast handling."""
     if nothing_to_compute(call):
         return lambda x, bias, ws: no_kernel(x, bias, ws, call)
-    if b.name == "decompose":
-        return backends.decompose.runner_for(call, x, bias, ws)
-    if b.name in library.TRACEABLE:
+    if b.runner_for is not None:
+        return b.runner_for(call, x, bias, ws)
+    if b.traceable:
         return lambda x, bias, ws: b.run(x, bias, ws, call)
     return lambda x, bias, ws: library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
 
@@ -233,7 +233,7 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
     if hit is not None:
         call, run, unbatched, names, as_given = hit
         x = input[None] if unbatched else input
-        if full:  # validation checked the names; decompose reads the weights by name, never mutates
+        if full:  # validation checked the names; a backend's runner reads weights by name, never mutates
             ws = weights if as_given else {n: weights[n] for n in names}
         else:
             ws = {n: w if w.dim() == d + 2 else w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
@@ -249,6 +249,6 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
         if key is not None:
             if len(_PREPARED) >= _PREPARED_MAX:
                 _PREPARED.clear()
-            _PREPARED[key] = (call, run, unbatched, call.spec.weight_names, b.name == "decompose")
+            _PREPARED[key] = (call, run, unbatched, call.spec.weight_names, b.runner_for is not None)
     y = run(x, bias, ws)
     return y[0] if unbatched else y

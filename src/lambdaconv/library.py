@@ -38,10 +38,8 @@ from . import functional as _functional
 from .ir import OpSpec, resolve_op, resolve_reduce
 from .plan import plan_for
 
-# Backends whose run() is plain torch ops that tracing turns into aten ops (no Python loops over
-# tiles, no custom kernels): under compile / export they run inline, every other goes through the
-# custom op. decompose also applies autocast itself (its conv in the autocast dtype, as nn.ConvNd).
-TRACEABLE = frozenset({"decompose"})
+# Backends with traceable=True (decompose: plain torch ops, autocast applied itself) run inline under
+# compile / export; every other goes through the custom op.
 
 
 def tracing() -> bool:
@@ -176,7 +174,7 @@ def _traced(d, x, weights, bias, text, names, reduce, geometry):
                                                         reduce, padding_mode, backend, shown=text)
     if _functional.nothing_to_compute(call):
         y = _functional.no_kernel(xb, b, ws, call)
-    elif be.name in TRACEABLE:
+    elif be.traceable:
         _warm(spec, reduce)
         y = be.run(xb, b, ws, call)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from . import reductions
 from .ir import OpSpec, leaves, resolve_op, resolve_reduce
 from .ir.sympy_bridge import separate
 
@@ -53,8 +54,9 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
         return Plan(str(spec.expr), spec.weight_names, reduce, "direct",
                     f"{why}; every tap is evaluated by a direct backend")
 
-    if reduce not in ("sum", "mean"):
-        return direct(f"reduce {reduce} is not a sum")
+    rec = reductions.get(reduce)
+    if not rec.linear:
+        return direct(f"reduce {reduce} is not linear in the taps")
     sep = separate(spec.expr)
     if not sep.ok:
         return direct(sep.reason)
@@ -67,7 +69,7 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
     gx = ", ".join(t[0] for t in terms[:n])
     hw = ", ".join(t[1] for t in terms[:n])
     chans = "in_channels" if n == 1 else f"{n} x in_channels"
-    per = "" if reduce == "sum" else " / taps"  # mean: weights and constant over the tap count
+    per = " / taps" if rec.backward == "count" else ""  # mean: weights and constant over the tap count
     bias = "bias" if sep.const is None else f"bias + sum over taps of {sep.const}{per}"
     calls = (f"convNd(input [{gx}]: {chans}{' stacked per group' if n > 1 else ''}, "
              f"weight [{hw}]{per}: (out_channels, {chans}/groups, *kernel), {bias})",)

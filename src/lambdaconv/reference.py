@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from .geometry import Geometry, pad_input, valid_taps, windows
+from . import reductions
 from .ir import OpSpec, evaluate
-
-IDENTITY = {"sum": 0.0, "mean": 0.0, "max": float("-inf"), "min": float("inf"), "logsumexp": float("-inf")}
 
 
 def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: str,
@@ -42,11 +41,12 @@ def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: st
             wv[name] = t.reshape(g.cout_per_group, g.cin_per_group, K)[:, :, kk][None]  # (1, Og, Cg, V)
         vals = evaluate(spec.expr, xv, wv, dtype=dtype)
         vals = vals.expand(g.batch, g.cout_per_group, g.cin_per_group, kk.numel())
-        full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), IDENTITY[reduce],
+        full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), reductions.get(reduce).identity,
                           dtype=dtype, device=x.device)
         full = _scatter(full, vals, kk, pp)
         taps = full.permute(0, 1, 4, 2, 3).reshape(g.batch, g.cout_per_group, P, g.cin_per_group * K)
-        outs.append(_reduce(taps, reduce, valid.sum(0) * g.cin_per_group))
+        # max / min: torch's gradient goes to one selected tap, as documented
+        outs.append(reductions.get(reduce).reference(taps, -1, valid.sum(0) * g.cin_per_group))
     y = torch.cat(outs, 1).reshape((g.batch, g.out_channels) + g.out_size)
     if bias is not None:
         y = y + bias.to(dtype).reshape((1, -1) + (1,) * d)
@@ -59,15 +59,3 @@ def _scatter(full, vals, kk, pp):
     flat = full.flatten(-2)
     flat = flat.index_copy(-1, idx, vals)
     return flat.unflatten(-1, full.shape[-2:])
-
-
-def _reduce(t, reduce, count):
-    if reduce == "sum":
-        return t.sum(-1)
-    if reduce == "mean":
-        return t.sum(-1) / count.to(t.dtype)
-    if reduce == "max":
-        return t.max(-1).values  # gradient to one selected tap, as documented
-    if reduce == "min":
-        return t.min(-1).values
-    return torch.logsumexp(t, -1)

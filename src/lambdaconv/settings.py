@@ -162,3 +162,15 @@ def default_cache_dir() -> str:
     """cache_dir when unset: $XDG_CACHE_HOME/lambdaconv, else ~/.cache/lambdaconv."""
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
                         "lambdaconv")
+
+
+def child_environ(**updates) -> dict:
+    """A copy of this process's environment with `updates` (name -> value; None removes the
+    variable): the environment for a child process (benchmarks' A/B runs, tests' interpreter runs)."""
+    env = dict(os.environ)
+    for k, v in updates.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env

@@ -17,6 +17,6 @@ def _run_tiled(x, bias, weights, call):
 
 
 register(Backend("reference", lambda call: None, _run_reference, None,
-                 "float64 reference on full broadcast tensors: small shapes only"))
+                 "float64 reference on full broadcast tensors: small shapes only", pure=True))
 register(Backend("tiled", lambda call: None, _run_tiled, 100,
                  "direct: the op evaluated tile by tile in torch ops, bounded memory, any device"))

@@ -46,9 +46,6 @@ def composite_conv(x, bias, weights: dict, call) -> torch.Tensor:
 # handling.
 COMPOSITE = Backend("composite", lambda call: None, composite_conv, None, "the definition in torch ops")
 
-# Backends that are torch ops only, which every transform supports: they run as they are.
-_PURE = frozenset({"decompose", "reference"})
-
 
 def graph_grads(fn, inputs: list, needs, gy) -> list:
     """The gradients of fn(*inputs) (with upstream gy) w.r.t. each input where `needs`, as a graph
@@ -92,7 +89,7 @@ def convnd(d, input, op, weights, bias, stride, padding, dilation, groups, reduc
     x, bias, ws, call, unbatched, b = library.prepare_and_select(d, input, op, weights, bias, stride, padding,
                                                                  dilation, groups, reduce, padding_mode, backend,
                                                                  shown=op)
-    if b.name in _PURE:
+    if b.pure:
         y = b.run(x, bias, ws, call)
     else:
         y = library.run_direct(COMPOSITE, x, bias, ws, call, lambda c: COMPOSITE)

@@ -48,6 +48,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .. import reductions
 from ..geometry import Geometry, pad_input
 from ..ir import OpSpec, partials, topo_order
 from ..ir.ops import OPS
@@ -265,7 +266,7 @@ def _recipe(spec: OpSpec, reduce: str, g: Geometry) -> _Recipe:
     return _Recipe(_CONV[g.dims], g.stride, tuple(lo for lo, _ in g.pad) if native else 0, g.dilation, g.groups,
                    padded and not native and not ignore, flat if ignore and not native else (), ignore,
                    (g.out_channels, g.cin_per_group) + g.kernel, tuple(range(1, g.dims + 2)),
-                   1.0 / (g.cin_per_group * g.taps) if reduce == "mean" and not ignore else 1.0)
+                   1.0 / (g.cin_per_group * g.taps) if reductions.get(reduce).backward == "count" and not ignore else 1.0)
 
 
 def _unsupported(call):
@@ -412,7 +413,8 @@ def _general(x, bias, weights, call, low, r, stack):
             s = cw.sum(r.sum_dims)
             alpha = low.const_scale * r.mean_scale
             b = torch.mul(s, alpha) if b is None else torch.add(b, s, alpha=alpha)
-    if r.ignore and call.reduce == "mean":
+    per_tap = reductions.get(call.reduce).backward == "count"  # mean: divided by the tap count
+    if r.ignore and per_tap:
         bias_after, b = b, None  # mean over valid taps: the bias is added after the division
     y = r.conv(G, H, b if b is None or b.dtype == cd else b.to(cd), r.stride, r.padding, r.dilation, r.groups)
     if not r.ignore:
@@ -420,7 +422,7 @@ def _general(x, bias, weights, call, low, r, stack):
     out = y.dtype
     if cmap is not None:
         y = y + cmap
-    if call.reduce == "mean":
+    if per_tap:
         with _autocast_off(x):
             count = r.conv(mask, torch.ones((1, 1) + g.kernel, dtype=ct, device=dev), None, g.stride, 0,
                            g.dilation) * g.cin_per_group
@@ -453,4 +455,5 @@ def _mask(g: Geometry, device, dtype) -> torch.Tensor:
 
 
 register(Backend("decompose", _unsupported, _run, 10,
-                 "separable ops with reduce sum/mean as one native convolution (cuDNN / oneDNN)"))
+                 "separable ops with a linear reduce (sum, mean) as one native convolution (cuDNN / oneDNN)",
+                 pure=True, traceable=True, runner_for=runner_for))

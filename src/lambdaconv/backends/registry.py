@@ -24,6 +24,7 @@ class Call:
 
 @dataclass(frozen=True)
 class Backend:
+    """A backend and what it can do; the rest of lambdaconv reads these fields, never its name."""
     name: str
     # why this backend cannot run the call, or None if it can
     unsupported: Callable[[Call], Optional[str]]
@@ -31,26 +32,30 @@ class Backend:
     run: Callable
     priority: Optional[int]  # order under "auto"; None: only when named
     doc: str = ""
+    # why the result of `call` depends on thread scheduling (atomics), or None. Under
+    # torch.use_deterministic_algorithms(True) such calls are unsupported here, so "auto" moves on
+    # (to "tiled": no atomics on CPU, torch's deterministic index_add on CUDA) and naming it raises.
+    nondeterministic: Optional[Callable[[Call], Optional[str]]] = None
+    # run() is plain torch ops (no custom kernels or autograd Functions): torch.func transforms run
+    # it as it is; every other backend runs the composite definition under a transform.
+    pure: bool = False
+    # pure, and handles autocast itself (as nn.ConvNd): torch.compile / export trace it inline into
+    # aten ops; every other backend goes through the custom op lambdaconv::direct_conv.
+    traceable: bool = False
+    # (call, x, bias, weights) -> runner(x, bias, weights) specialized to these tensors' dtypes and
+    # shapes (functional.convnd caches it under a key that holds them; it reads weights by name, so
+    # the cache passes the user's dict as given). None: run(x, bias, weights, call) per call.
+    runner_for: Optional[Callable] = None
 
 
 _BACKENDS: dict = {}
-
-# Backends whose result depends on thread scheduling for some calls: name -> (call -> why or None).
-# Under torch.use_deterministic_algorithms(True) those calls are unsupported there, so "auto" moves
-# on (to "tiled": no atomics on CPU, and torch's deterministic index_add on CUDA) and naming the
-# backend raises. triton: the max/min backward adds winners' gradients with atomics
-# (triton/templates.py, BACKWARD_SELECT); its other kernels write disjoint slabs.
-NONDETERMINISTIC = {
-    "triton": lambda call: "its max/min backward accumulates with atomic adds (order-dependent rounding)"
-    if call.reduce in ("max", "min") else None,
-}
 
 
 def unsupported(b: "Backend", call: Call) -> Optional[str]:
     """Why `b` cannot run `call` (its own reason, or determinism), or None."""
     why = b.unsupported(call)
-    if why is None and torch.are_deterministic_algorithms_enabled() and b.name in NONDETERMINISTIC:
-        nd = NONDETERMINISTIC[b.name](call)
+    if why is None and b.nondeterministic is not None and torch.are_deterministic_algorithms_enabled():
+        nd = b.nondeterministic(call)
         if nd:
             why = f"{nd}, and torch.use_deterministic_algorithms(True) is on"
     return why

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import settings
+from .. import reductions, settings
 from ..geometry import Geometry, pad_input, valid_taps, windows
 from ..ir import OpSpec, evaluate, evaluate_many
 from ..ir.expr import peel_scale
-from ..reference import IDENTITY
 from .composite import compute_dtype, direct_backward
 from .tiles import buffer, read_tile, scatter_cols, tile_cols, tile_valid, tiles, write_tile
 
@@ -73,37 +72,35 @@ class TiledConv(torch.autograd.Function):
         c = _Ctx(spec, g, reduce, names, wts, x.device, ct)
         win = windows(pad_input(x.to(ct), g), g)
         y = torch.empty((g.batch, g.out_channels) + g.out_size, dtype=ct, device=x.device)
+        rec = reductions.get(reduce)
         arg = None
-        if reduce in ("max", "min"):
+        if rec.backward == "select":
             arg = torch.empty(y.shape, dtype=torch.int64, device=x.device)
         arena = {}  # scratch buffers reused by every tile of the same shape
-        # sum/mean/max/min commute with a constant factor: reduce the core, scale the result
-        scale, core = peel_scale(spec.expr) if reduce != "logsumexp" else (1.0, spec.expr)
-        if scale < 0 and reduce in ("max", "min"):
-            reduce = "min" if reduce == "max" else "max"
+        # a reduction with a `negated` one commutes with a positive constant factor (sum, mean, max,
+        # min): reduce the core, scale the result; a negative factor swaps it for the negated one
+        scale, core = peel_scale(spec.expr) if rec.negated is not None else (1.0, spec.expr)
+        if scale < 0:
+            rec = reductions.get(rec.negated)
         for t in tiles(g, tile_budget(c.w)):
             cols = tile_cols(win, t, g, arena)[None]  # (1, Mt, CK)
             taps = evaluate(core, cols, c.tile_weights(t), dtype=ct, arena=arena)
             shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
-            taps = _masked(_full(taps, shape), t, c, IDENTITY[reduce])
+            taps = _masked(_full(taps, shape), t, c, rec.identity)
             r = buffer(arena, "r", shape[:2], ct, x.device)
-            if reduce in ("sum", "mean"):
-                torch.sum(taps, -1, out=r)
-                if reduce == "mean":
-                    r /= c.count(t, x.device)
-            elif reduce == "logsumexp":
-                torch.logsumexp(taps, -1, out=r)
-            else:
+            if rec.backward == "select":
                 i = buffer(arena, "i", shape[:2], torch.int64, x.device)
-                (torch.max if reduce == "max" else torch.min)(taps, -1, out=(r, i))
+                rec.select(taps, -1, out=(r, i))
                 write_tile(arg, t, g, i)
+            else:
+                r.copy_(rec.reference(taps, -1, c.count(t, x.device) if rec.backward == "count" else None))
             if scale != 1.0:
                 r *= scale
             write_tile(y, t, g, r)
         # The weights as given, never c.w: a derived copy (or a view of it) would not see, or would
         # silently follow, an in-place update before backward. logsumexp's backward needs the
         # reduced value itself (softmax = exp(tap - y)), before bias. The bias is never read.
-        ctx.save_for_backward(x, y if c.reduce == "logsumexp" else None, arg, *wts)
+        ctx.save_for_backward(x, y if rec.saves == "value" else None, arg, *wts)
         ctx.meta = (spec, g, c.reduce, names)
         ctx.bias_dtype = None if bias is None else bias.dtype
         if bias is not None:
@@ -128,7 +125,7 @@ class TiledConv(torch.autograd.Function):
         gxp = torch.zeros(xp.shape, dtype=ct, device=x.device)
         gw = {n: torch.zeros_like(w) for n, w in c.w.items()}
         win = windows(xp.detach(), g)
-        if c.reduce in ("max", "min"):
+        if reductions.get(c.reduce).backward == "select":
             _backward_select(c, win, gxp, gw, gy, arg)
         else:
             _backward_dense(c, win, gxp, gw, gy, y, ctx)
@@ -150,24 +147,26 @@ class TiledConv(torch.autograd.Function):
 
 
 def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
-    """sum / mean / logsumexp: per tile, s = upstream x reduction weight; grads = sum s * partials."""
+    """uniform / count / softmax kinds: per tile, s = upstream x the tap's weight in the reduction
+    (1, 1 / count, exp(tap - y)); grads = sum s * partials."""
     g, spec, ct = c.g, c.spec, c.ct
+    kind = reductions.get(c.reduce).backward
     # (d/dx, d/dw...), each as scale * core: the gradients are linear in the partials, so the core
     # is reduced over the tile and the (small) result scaled
     scales, cores = zip(*(peel_scale(p) for p in spec.partials()))
     gwin = windows(gxp, g)
     arena = {}
     dev = gy.device
-    exprs = list(cores) + ([spec.expr] if c.reduce == "logsumexp" else [])
+    exprs = list(cores) + ([spec.expr] if kind == "softmax" else [])
     for t in tiles(g, tile_budget(c.w)):
         cols = tile_cols(win, t, g, arena)[None]
         ot, mt, ck = t.o.stop - t.o.start, t.rows(g), cols.shape[-1]
         shape = (ot, mt, ck)
         gt = read_tile(gy, t, g)  # (Ot, Mt)
         vals = evaluate_many(exprs, cols, c.tile_weights(t), dtype=ct, arena=arena)
-        if c.reduce == "mean":
+        if kind == "count":
             gt = gt / c.count(t, dev)
-        if c.reduce == "logsumexp":  # softmax weight of each tap: exp(tap - logsumexp)
+        if kind == "softmax":  # softmax weight of each tap: exp(tap - logsumexp)
             s = buffer(arena, "s", shape, ct, dev)
             torch.sub(_full(vals[-1], shape), read_tile(y, t, g)[:, :, None], out=s)
             s.exp_().mul_(gt[:, :, None])
@@ -183,7 +182,7 @@ def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):
         for n, pw, sc, need in zip(c.names, vals[1:1 + len(c.names)], scales[1:], ctx.needs_input_grad[6:]):
             if not need:
                 continue
-            if c.reduce != "logsumexp" and c.valid is None and pw.shape == shape:
+            if kind != "softmax" and c.valid is None and pw.shape == shape:
                 part = torch.bmm(gt[:, None, :], pw).squeeze(1)  # sum over Mt as a matmul
             else:
                 torch.mul(s.expand(shape), pw, out=prod)

@@ -5,13 +5,14 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .. import reductions
 from . import guards
 from .expr import Expr
 from .grad import partials
 from .parse import parse_string
 from .trace import trace_callable
 
-REDUCES = ("sum", "mean", "max", "min", "logsumexp")
+REDUCES = reductions.names()  # the built-in ones; reductions.names() has any registered later
 
 # name -> (op string, default reduce). Presets name their one weight `weight`, as nn.Conv2d does.
 PRESETS = {
@@ -86,6 +87,6 @@ def resolve_reduce(spec: OpSpec, reduce) -> str:
         return spec.default_reduce
     if not isinstance(reduce, str):
         raise TypeError(f"reduce must be a string, got {type(reduce).__name__}")
-    if reduce not in REDUCES:
-        raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(REDUCES)}")
+    if reduce not in reductions.names():
+        raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(reductions.names())}")
     return reduce

@@ -16,6 +16,7 @@ import importlib.util
 
 import torch
 
+from ... import reductions
 from ..registry import Backend, Call, register
 
 PRIORITY = 50
@@ -28,6 +29,8 @@ def available() -> bool:
 def _unsupported(call: Call):
     if not available():
         return "triton is not installed (pip install triton)"
+    if "triton" not in reductions.get(call.reduce).code:
+        return f"no triton code for reduce {call.reduce!r} (reductions.py)"
     if call.dtype == torch.float64:
         return "the triton kernels compute in float32; float64 runs on 'tiled'"
     if call.device.type == "cpu":
@@ -51,5 +54,12 @@ def _run(x, bias, weights, call: Call):
     return _apply(x, bias, (call.spec, call.geometry, call.reduce, tuple(weights)), *weights.values())
 
 
+def _nondeterministic(call: Call):
+    if not reductions.get(call.reduce).deterministic_gpu:  # select: winners' gradients added with atomics
+        return f"its {call.reduce} backward accumulates with atomic adds (order-dependent rounding)"
+    return None
+
+
 register(Backend("triton", _unsupported, _run, PRIORITY,
-                 "direct: generated triton kernels, forward and backward (CUDA; CPU under TRITON_INTERPRET=1)"))
+                 "direct: generated triton kernels, forward and backward (CUDA; CPU under TRITON_INTERPRET=1)",
+                 nondeterministic=_nondeterministic))

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ... import settings
+from ... import reductions, settings
 from ...geometry import Geometry, pad_input, valid_taps
 from ..composite import direct_backward
 from . import gluon_bwd, tuning
@@ -27,7 +27,6 @@ from ...settings import interpreting
 _HALF = {torch.float16: "tl.float16"}
 _IN_KERNEL_PAD = ("zeros", "ignore")
 _BIAS_DIMS = {d: [0] + list(range(2, 2 + d)) for d in (1, 2, 3)}  # the bias gradient sums over these
-_AUX = ("max", "min", "logsumexp")
 
 
 def _as3(v: tuple, fill) -> tuple:
@@ -143,7 +142,8 @@ class TritonConv(torch.autograd.Function):
         if not grad and x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and \
                 tuning.memo(_HALF_EXACT, (spec, reduce), lambda: half_exact(spec, reduce)):
             compute = _HALF[x.dtype]
-        save_aux = grad and reduce in _AUX
+        rec = reductions.get(reduce)
+        save_aux = grad and rec.saves is not None
         has_bias = bias is not None
         key = ("fwd", spec, g, reduce, need_x, need_w, interp, compute, has_bias)
         p = tuning.memo(_PLANS, key, lambda: _plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias,
@@ -155,7 +155,7 @@ class TritonConv(torch.autograd.Function):
         y = x.new_empty(y_shape)
         aux = None
         if save_aux:
-            aux = x.new_empty(y_shape, dtype=torch.int32 if reduce != "logsumexp" else torch.float32)
+            aux = x.new_empty(y_shape, dtype=torch.int32 if rec.saves == "winner" else torch.float32)
         if rows:
             args = (xk, *wf, bias if has_bias else y, y, aux if save_aux else y, rows)
 
@@ -164,7 +164,7 @@ class TritonConv(torch.autograd.Function):
                               p.kw_key)
 
             ran = False
-            if reduce != "logsumexp":
+            if "gluon" in rec.code:
                 ran, xp = _gluon_forward(xk, g, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp,
                                          p.in_pad)
             if not ran:
@@ -197,7 +197,8 @@ class TritonConv(torch.autograd.Function):
             xk_c = xk.detach().contiguous()
         gxk = None
         gws = {}
-        if reduce in ("max", "min"):
+        kind = reductions.get(reduce).backward
+        if kind == "select":
             # (O, CG*T): a contiguous full-size weight is that already
             full = p.full
             ws = [w if w.is_contiguous() and w.shape == full else _w_full(w, g).reshape(g.out_channels, -1).contiguous()
@@ -214,14 +215,14 @@ class TritonConv(torch.autograd.Function):
             gws.update(zip((n for n, need in zip(names, need_w) if need), gw_bufs))
         else:
             gs = gy if gy.dtype == torch.float32 else gy.to(torch.float32)
-            if reduce == "mean":
+            if kind == "count":
                 if g.padding_mode == "ignore":
                     count = valid_taps(g, dev).sum(0).to(torch.float32) * g.cin_per_group  # (P,)
                     gs = gs / count.reshape(g.out_size)
                 else:
                     gs = gs / float(g.cin_per_group * g.taps)
             gs = gs.contiguous()
-            yb = aux if reduce == "logsumexp" else gs
+            yb = aux if kind == "softmax" else gs
             wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
             # Gluon backward kernels. LAMBDACONV_GLUON_BWD: "auto" (default) the weight gradient of
             # one-weight ops (adder on an H100, session 3: 0.80 ms against the portable 1.25; 0.73 with
@@ -229,7 +230,7 @@ class TritonConv(torch.autograd.Function):
             # accumulation applies (|x - w|-type terms: 0.49 ms against the portable 0.575; with the
             # selects it was 0.63), "1" both kernels, "0" neither. Two-weight ops stay portable.
             mode = settings.get().gluon_bwd
-            base = reduce != "logsumexp" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
+            base = kind != "softmax" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
             fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
             fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
             fin = gluon_bwd.finite_flag(gs) if fast or fast_w else None  # one reduction for both kernels

@@ -22,7 +22,7 @@ from string import Template
 
 from . import gluon_staged
 from . import templates as T
-from ... import settings
+from ... import reductions, settings
 from .codegen import OUTPUT_TILE, indent as _indent
 from . import tuning
 from .launch import launch as fast_launch
@@ -193,31 +193,7 @@ $COMBINE'''
 W_ARG = "    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)"
 W_LOAD = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_ptrs + _wide(c0, I64) * (T * OG)).to(CT), 0)"
 
-# init, per-step combine of v ([BLOCK_M, BLOCK_K, BLOCK_N]), finish into res (fp32)
-REDUCE = {
-    "sum": ("    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, LC)",
-            "acc += gl.sum(v.to(gl.float32), axis=1)", "    res = acc"),
-    "mean": ("    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, LC)",
-             "acc += gl.sum(v.to(gl.float32), axis=1)", "    res = acc / (CG * T)"),
-    "max": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('-inf'), CT, LC)\n"
-            "    win = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, LC)",
-            "if SAVE_AUX:\n"
-            "    m_s = gl.reduce(v, 1, _max_nan)\n"
-            "    better = (m_s > acc) | ((m_s != m_s) & (acc == acc))\n"
-            "    acc = gl.where(better, m_s, acc)\n"
-            "    win = gl.where(better, $STEP_ID, win)\n"
-            "else:\n"
-            "    acc = _max_nan(acc, gl.reduce(v, 1, _max_nan))", "    res = acc.to(gl.float32)"),
-    "min": ("    acc = gl.full([BLOCK_M, BLOCK_N], float('inf'), CT, LC)\n"
-            "    win = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, LC)",
-            "if SAVE_AUX:\n"
-            "    m_s = gl.reduce(v, 1, _min_nan)\n"
-            "    better = (m_s < acc) | ((m_s != m_s) & (acc == acc))\n"
-            "    acc = gl.where(better, m_s, acc)\n"
-            "    win = gl.where(better, $STEP_ID, win)\n"
-            "else:\n"
-            "    acc = _min_nan(acc, gl.reduce(v, 1, _min_nan))", "    res = acc.to(gl.float32)"),
-}
+# a reduction's code here: reductions.GluonCode
 
 _HELPERS = ("_expm1(", "_log1p(", "_tanh(", "_atan(", "_pow(")
 
@@ -230,19 +206,20 @@ def source(spec, reduce: str, compute: str):
     # IEEE arithmetic): -|x - w| is then 2 instructions per tap, not 3 (triton 3.6 does not fold
     # the negation into the accumulating add).
     expr, negate = spec.expr, False
-    while expr.op == "neg":
-        expr, negate = expr.args[0], not negate
-    if negate and reduce in ("max", "min"):
-        reduce = "min" if reduce == "max" else "max"
+    if reductions.get(reduce).negated is not None:
+        while expr.op == "neg":
+            expr, negate = expr.args[0], not negate
+    rec = reductions.get(reductions.get(reduce).negated if negate else reduce)
+    reduce = rec.name
     op_code, (op_out,) = emit([expr], "xv", {n: f"w_{i}" for i, n in enumerate(names)}, 0)
     # the tile code assumes a [BLOCK_M, BLOCK_K, BLOCK_N] tap value: x and some weight both in it
-    if (reduce not in REDUCE or any(h in op_code for h in _HELPERS) or not depends(expr, "input")
-            or not depends(expr, "weight")):
+    if (not {"gluon", "gluon_staged"} <= rec.code.keys() or any(h in op_code for h in _HELPERS)
+            or not depends(expr, "input") or not depends(expr, "weight")):
         return None
     code = "\n".join(line.strip() for line in op_code.splitlines()).replace("tl.", "gl.")
     code = code.replace("gl.PropagateNan", "tl.PropagateNan")
-    init, combine, finish = REDUCE[reduce]
-    if reduce in ("sum", "mean") and compute != "tl.float32":
+    init, combine, finish = rec.code["gluon"]
+    if rec.linear and compute != "tl.float32":
         # half-precision taps (packed: two per instruction), each step's BLOCK_K taps summed in half
         # precision in registers, the running sum in float32
         combine = "acc += gl.sum(v, axis=1).to(gl.float32)"
@@ -258,7 +235,7 @@ def source(spec, reduce: str, compute: str):
         OP_CODE=code, OP_OUT=op_out, COMBINE=Template(combine).substitute(STEP_ID="s"))
     idx = range(len(names))
     winner = ""
-    if reduce in ("max", "min"):
+    if rec.backward == "select":
         winner = Template(WINNER).substitute(W_EPI=_indent("\n".join(W_EPI.format(i=i) for i in idx), 12),
                                              OP_CODE=_indent(code, 12), OP_OUT=op_out)
 
@@ -290,7 +267,7 @@ def half_sum(spec, reduce: str) -> bool:
     from ...ir import topo_order
     nodes = topo_order(spec.expr)
     binary = [n for n in nodes if n.op in ("add", "sub")]
-    return (reduce in ("sum", "mean") and len(spec.weight_names) == 1 and len(binary) == 1
+    return (reductions.get(reduce).linear and len(spec.weight_names) == 1 and len(binary) == 1
             and all(n.op in _HALF_SUM_OPS for n in nodes))
 
 

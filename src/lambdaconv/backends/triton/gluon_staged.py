@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 
+from ... import reductions
 from .codegen import OUTPUT_TILE, indent as _indent
 
 K_MODE = 4  # the last element of a staged config in gluon.CONFIGS
@@ -130,17 +131,7 @@ $OUTPUT_TILE
     gl.store(y_ptr + y_off, res.to(y_ptr.dtype.element_ty), mask=mask)
 '''
 
-# init, per-k combine of v ([BLOCK_M, BLOCK_N]), end of a K step, finish into res (fp32)
-REDUCE = {
-    "sum": ("    acc = gl.zeros([KS, BLOCK_M, BLOCK_N], gl.float32, LA)", "acc += v.to(gl.float32)", "",
-            "    res = gl.sum(acc, axis=0)"),
-    "mean": ("    acc = gl.zeros([KS, BLOCK_M, BLOCK_N], gl.float32, LA)", "acc += v.to(gl.float32)", "",
-             "    res = gl.sum(acc, axis=0) / (CG * T)"),
-    "max": ("    acc = gl.full([KS, BLOCK_M, BLOCK_N], float('-inf'), CT, LA)", "acc = _max_nan(acc, v)", "",
-            "    res = gl.reduce(acc, 0, _max_nan).to(gl.float32)"),
-    "min": ("    acc = gl.full([KS, BLOCK_M, BLOCK_N], float('inf'), CT, LA)", "acc = _min_nan(acc, v)", "",
-            "    res = gl.reduce(acc, 0, _min_nan).to(gl.float32)"),
-}
+# a reduction's code here: reductions.StagedCode
 # half-precision sums: a K step's BLOCK_K taps summed in half precision (packed, two per
 # instruction), the running sum in float32 (what gluon.py's kernel does per step)
 HALF_SUM = ("if k == 0:\n    part = v\nelse:\n    part = part + v", "        acc += part.to(gl.float32)")
@@ -150,8 +141,9 @@ def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: s
     """The _fwd_staged kernel's text (appended to gluon.py's module, which has the imports and the
     NaN-propagating max / min helpers). code / op_out: the op's Gluon code over xv and w_i."""
     from triton.experimental.gluon import language as gl
-    init, combine, step_end, finish = REDUCE[reduce]
-    if reduce in ("sum", "mean") and compute != "tl.float32":
+    rec = reductions.get(reduce)
+    init, combine, step_end, finish = rec.code["gluon_staged"]
+    if rec.linear and compute != "tl.float32":
         combine, step_end = HALF_SUM
     idx = range(len(names))
 

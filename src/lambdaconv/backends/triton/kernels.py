@@ -23,7 +23,7 @@ import tempfile
 import types
 from string import Template
 
-from ... import settings
+from ... import reductions, settings
 from ...ir import OpSpec
 from . import gradcode
 from . import templates as T
@@ -59,7 +59,7 @@ def half_exact(spec: OpSpec, reduce: str) -> bool:
     from ...ir import topo_order
     nodes = topo_order(spec.expr)
     binary = [n for n in nodes if n.op in ("add", "sub", "maximum", "minimum")]
-    return (reduce in ("max", "min") and len(spec.weight_names) == 1 and len(binary) == 1
+    return (reductions.get(reduce).backward == "select" and len(spec.weight_names) == 1 and len(binary) == 1
             and all(n.op in _EXACT_OPS for n in nodes))
 
 
@@ -69,14 +69,15 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str 
     wv = {n: f"w_{i}" for i, n in enumerate(names)}
     parts = [Template(T.HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce), PRELUDE]
 
-    init, combine, finish, aux, ident = T.REDUCE[reduce]
+    rec = reductions.get(reduce)
+    init, combine, finish, aux, ident = rec.code["triton"]
     code, (out,) = emit([spec.expr], "xv", wv, 12)
     parts.append(_fill(T.FORWARD, W_ARGS=_lines(T.W_ARG_FWD, names), W_LOADS=_lines(T.W_LOAD_FWD, names),
                        OP_CODE=code, OP_OUT=out, IDENTITY=ident, INIT=init, COMBINE=combine, FINISH=finish,
                        AUX=aux, COMPUTE=compute))
     partials = spec.partials()
-    lse = reduce == "logsumexp"
-    if reduce in ("max", "min"):
+    lse = rec.backward == "softmax"
+    if rec.backward == "select":
         wanted = [partials[0]] + [p for p, k in zip(partials[1:], need_w) if k]
         code, outs = emit(wanted, "xv", wv, 4)
         atomics = [T.ATOMIC_X.format(out=outs[0])] if need_x else []

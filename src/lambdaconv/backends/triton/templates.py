@@ -131,50 +131,7 @@ W_ARG_FWD = "    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)"
 W_LOAD_FWD = ("            w_{i} = tl.load(w{i}_ptr + w_base + (_wide(c, I64) * T + t) * OG, mask=o_ok, other=0.0)"
               ".to(CT)[None, :]")
 
-# Per reduce: accumulator init, per-tap combine of `v`, finish into `res`, what SAVE_AUX stores.
-# max/min keep the winning tap only when a backward will need it (SAVE_AUX): a plain max is one
-# instruction per tap, the tracked one four.
-REDUCE = {
-    "sum": ("    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)",
-            "            acc += v",
-            "    res = acc", "res", "0.0"),
-    "mean": ("    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)",
-             "            acc += v",
-             "    if IGNORE:\n        res = acc / (cnt * CG)[:, None]\n    else:\n        res = acc / (CG * T)",
-             "res", "0.0"),
-    "max": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('-inf'), CT)\n"
-            "    idx = tl.full([BLOCK_M, BLOCK_N], -1, tl.int32)",
-            """\
-            if SAVE_AUX:
-                # strictly greater keeps the first winner; NaN wins once and stays (torch.max)
-                better = (v > acc) | ((v != v) & (acc == acc)) | ((idx < 0) & (okf[:, None] != 0.0))
-                acc = tl.where(better, v, acc)
-                idx = tl.where(better, c * T + t, idx)
-            else:
-                acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)""",
-            "    res = acc", "idx", "float('-inf')"),
-    "min": ("    acc = tl.full([BLOCK_M, BLOCK_N], float('inf'), CT)\n"
-            "    idx = tl.full([BLOCK_M, BLOCK_N], -1, tl.int32)",
-            """\
-            if SAVE_AUX:
-                better = (v < acc) | ((v != v) & (acc == acc)) | ((idx < 0) & (okf[:, None] != 0.0))
-                acc = tl.where(better, v, acc)
-                idx = tl.where(better, c * T + t, idx)
-            else:
-                acc = tl.minimum(acc, v, propagate_nan=tl.PropagateNan.ALL)""",
-            "    res = acc", "idx", "float('inf')"),
-    # online logsumexp, one exp per tap: s is the sum of exp(tap - mx) for the running max mx
-    "logsumexp": ("    mx = tl.full([BLOCK_M, BLOCK_N], float('-inf'), tl.float32)\n"
-                  "    s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)",
-                  """\
-            up = v > mx
-            lo = tl.where(up, mx, v)
-            hi = tl.where(up, v, mx)
-            e = tl.where(v == mx, 1.0, tl.exp(lo - hi))  # equal infinities: exp(nan) otherwise
-            s = tl.where(up, s * e + 1.0, s + e)
-            mx = hi""",
-                  "    res = mx + tl.log(s)", "res", "float('-inf')"),
-}
+# a reduction's hooks in FORWARD ($INIT, $COMBINE, $FINISH, $AUX, $IDENTITY): reductions.TritonCode
 
 BACKWARD_X = '''
 

@@ -1,0 +1,106 @@
+"""A/B timing of two lambdaconv trees on one GPU: `python -m lambdaconv.bench.ab --baseline OLD_SRC`.
+
+Each round runs bench/ab_child.py once per tree, in a fresh process with that tree's src first on
+PYTHONPATH, the order alternating between rounds; per case the median over rounds of the call time
+(do_bench) and of the GPU work (CUDA-graph replay) is reported for both trees, with the ratio
+new / old. The first round also compiles and tunes; it is timed like the rest (the tuner's choice
+is per process), so use several rounds. Rows are appended to the results table when --out is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from .. import settings
+
+OPS = ["adder", "dilation", "sigmoid(A*x)*B", "x+W:logsumexp"]
+SHAPES = {"N16C64O64H56k3": (16, 64, 64, 56, 3), "N16C256O256H14k3": (16, 256, 256, 14, 3)}
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ab_child.py")
+
+
+def cases(ops, shapes, dtypes, modes) -> list:
+    out = []
+    for op in ops:
+        name, _, reduce = op.partition(":")
+        for s in shapes:
+            for dt in dtypes:
+                for m in modes:
+                    out.append("|".join([name, reduce, ",".join(map(str, SHAPES[s])), dt, m]))
+    return out
+
+
+def run_child(src: str, keys: list, cache: str, timeout: int) -> dict:
+    env = settings.child_environ(PYTHONPATH=os.path.abspath(src), LAMBDACONV_CACHE=cache)
+    r = subprocess.run([sys.executable, CHILD, *keys], env=env, capture_output=True, text=True, timeout=timeout)
+    if r.returncode:
+        raise RuntimeError(f"child for {src} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def table(keys, runs: dict) -> list:
+    """Rows (case, old call, new call, ratio, old GPU work, new GPU work, ratio)."""
+    rows = []
+    for k in keys:
+        cell = {}
+        for side in ("old", "new"):
+            cell[side] = [_median([r[k][i] for r in runs[side]]) for i in (0, 1)]
+        ratio = [None if cell["old"][i] in (None, 0) or cell["new"][i] is None else cell["new"][i] / cell["old"][i]
+                 for i in (0, 1)]
+        rows.append((k, cell["old"][0], cell["new"][0], ratio[0], cell["old"][1], cell["new"][1], ratio[1]))
+    return rows
+
+
+def markdown(rows) -> str:
+    f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = ["| case (op, reduce, N,C,O,H,k, dtype, pass) | old call ms | new call ms | new/old | "
+             "old GPU ms | new GPU ms | new/old |", "|---|---|---|---|---|---|---|"]
+    for k, oc, nc, rc, og, ng, rg in rows:
+        lines.append(f"| {k.replace('|', ' ')} | {f(oc)} | {f(nc)} | {f(rc)} | {f(og)} | {f(ng)} | {f(rg)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lambdaconv.bench.ab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", required=True, help="the old tree's src directory")
+    p.add_argument("--new", default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                   help="the new tree's src directory (default: this one)")
+    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--dtypes", default="float32,float16")
+    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--timeout", type=int, default=400, help="seconds per child process")
+    p.add_argument("--out", help="write ab.json and ab.md here")
+    a = p.parse_args(argv)
+    keys = cases(a.ops.split(","), a.shapes.split(","), a.dtypes.split(","), a.modes.split(","))
+    runs = {"old": [], "new": []}
+    cache = os.path.join(settings.get().cache_dir or settings.default_cache_dir(), "ab")
+    for r in range(a.rounds):
+        order = ("old", "new") if r % 2 == 0 else ("new", "old")
+        for side in order:
+            src = a.baseline if side == "old" else a.new
+            runs[side].append(run_child(src, keys, cache + "_" + side, a.timeout))
+            print(f"round {r + 1}/{a.rounds} {side} done", file=sys.stderr, flush=True)
+    rows = table(keys, runs)
+    text = markdown(rows)
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "ab.json"), "w") as f:
+            json.dump({"keys": keys, "runs": runs, "rows": rows}, f, indent=1)
+        with open(os.path.join(a.out, "ab.md"), "w") as f:
+            f.write(text + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
