@@ -319,7 +319,7 @@ def _make_runner(call):
         """The offset layer A*(x - B) = conv(x, P) + bias + alpha * sum_taps(P*Q) as four aten ops
         (mul, sum, add, conv) under torch's C++ autograd: on the H100 machine's host a Python
         autograd Function around the same conv cost more host time per fwd+bwd than the three small
-        weight-sized kernels it saved (session 7: eager 1.92x nn.Conv2d against 1.52x for these ops).
+        weight-sized kernels it saved (eager 1.92x nn.Conv2d against 1.52x for these ops).
         Under autocast the conv casts x, P and the bias as nn.Conv2d does; the constant stays fp32."""
         P = weights[pn]
         s = torch.mul(P, weights[qn]).sum(sdims)

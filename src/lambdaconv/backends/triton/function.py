@@ -224,9 +224,9 @@ class TritonConv(torch.autograd.Function):
             gs = gs.contiguous()
             yb = aux if kind == "softmax" else gs
             wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
-            # Gluon backward kernels. LAMBDACONV_GLUON_BWD: "auto" (default) the weight gradient of
-            # one-weight ops (adder on an H100, session 3: 0.80 ms against the portable 1.25; 0.73 with
-            # the predicated sign accumulation, session 4) and the input gradient where that
+            # Gluon backward kernels. settings.gluon_bwd: "auto" (default) the weight gradient of
+            # one-weight ops (adder on an H100: 0.80 ms against the portable 1.25; 0.73 with
+            # the predicated sign accumulation) and the input gradient where that
             # accumulation applies (|x - w|-type terms: 0.49 ms against the portable 0.575; with the
             # selects it was 0.63), "1" both kernels, "0" neither. Two-weight ops stay portable.
             mode = settings.get().gluon_bwd

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import NamedTuple
 from string import Template
 
 from . import gluon_staged
@@ -301,41 +302,61 @@ def _warn(err):
                   "running the portable triton kernel", RuntimeWarning, stacklevel=4)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, size_per_thread M, N, threads_per_warp M, N, warps M, N, K_MODE), the
-# tuner's candidates, the first used untuned. Measured on an H100 (gpu_direct_notes.md, run 14), fwd ms
-# adder / max-plus at N16 C64 O64 56x56 and adder at N16 C256 O256 14x14: 64x64 4 warps 0.238 /
-# 0.321 / 0.499; 128x64 8 warps unrolled 0.221 / 0.669 / 8.4 (code too large for 32 K steps);
-# 128x64 BLOCK_K 16: 0.339 / 0.755 / 0.371; 256x64 (8x8 per thread, dropped): 0.314 / 0.315 / 0.567.
-# Run 18 (the tuner's own timings, kernel alone): adder 0.214 unrolled, 0.219 64x64 pipelined (K_MODE 2);
-# max-plus 0.228 64x64 pipelined; sigmoid(A*x)*B 1.058 pipelined, 35-42 ms where BLOCK_K 8-16 unrolled spills.
+class RegisterConfig(NamedTuple):
+    """A config of the register kernel (_fwd_gluon): each thread reads its x / w values from global
+    memory. A tuple underneath: the kernels' code indexes it (cfg[-1] is K_MODE)."""
+    block_m: int
+    block_n: int
+    block_k: int  # input channels per K step
+    size_m: int  # outputs per thread along M (positions) and N (out channels)
+    size_n: int
+    threads_m: int  # threads per warp along M and N (32 in all)
+    threads_n: int
+    warps_m: int
+    warps_n: int
+    k_mode: int  # 0 tap-major, 1 channel loop unrolled, 2 pipelined, 3 channel-major
+
+
+class StagedConfig(NamedTuple):
+    """A config of the staged kernel (gluon_staged.py): x and w staged through shared memory, each
+    thread a size_m x size_n tile of rank-1 updates (SGEMM style)."""
+    block_m: int
+    block_n: int
+    block_k: int
+    size_m: int
+    size_n: int
+    threads_m: int
+    threads_n: int
+    warps_m: int
+    warps_n: int
+    k_slices: int  # warp groups over a step's channels, summed at the end (small grids)
+    k_mode: int = 4  # gluon_staged.K_MODE
+
+
+# The tuner's candidates, in order: the first is used untuned. Why each is here, with its timings
+# on an H100: docs/perf_notes.md ("Gluon forward configs").
 CONFIGS = [
-    # session 6: x and weights staged through shared memory (gluon_staged.py), (..., warps M, N,
-    # K slices, 4). GPU work of the forward (pad included), ms, device run 5 (`gpu_direct.py --sweep`),
-    # adder / max-plus first shape, then second shape: 0.148 / 0.171, 0.208 / 0.233 (first, BLOCK_K
-    # 16); 0.170 / 0.184, 0.164 / 0.179 (2 K slices: more warps where the grid is small); 0.161 /
-    # 0.180, 0.243 / 0.253; 0.172 / 0.189, 0.264 / 0.276. Not for saved winners (max/min training).
-    (32, 64, 16, 4, 8, 8, 4, 1, 2, 1, 4),
-    # session 7: 4 warps, capped at 80 registers (FWD_MAXNREG): fp16 adder 0.111 ms against 0.117
-    # for the first (device runs 1-2, `h100/fwd_sweep_fp16_session7.txt`); uncapped 0.117
-    (64, 64, 16, 4, 8, 8, 4, 2, 2, 1, 4),
-    (32, 64, 16, 4, 8, 8, 4, 1, 2, 2, 4),
-    (32, 64, 8, 4, 8, 8, 4, 1, 2, 1, 4),
-    (64, 64, 8, 8, 8, 8, 4, 1, 2, 1, 4),
-    (32, 32, 8, 4, 4, 8, 4, 1, 2, 2, 4),
-    # the register kernel (K_MODE 0-3): the first of these is the default for saved winners
-    (64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
-    (128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
-    (128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
-    (64, 64, 4, 4, 8, 4, 8, 4, 1, 2),
-    (128, 64, 16, 4, 8, 4, 8, 8, 1, 0),
-    (64, 64, 4, 4, 8, 4, 8, 4, 1, 3),
-    (128, 64, 4, 4, 8, 4, 8, 8, 1, 3),
-    (128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # session 4: half the live x / w values of config 1 per step
-    (64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # session 4: 4 warps (0.189 ms; capped for 3 programs per SM: slower)
+    StagedConfig(32, 64, 16, 4, 8, 8, 4, 1, 2, 1),  # the best staged config at the first shape (sum, max)
+    StagedConfig(64, 64, 16, 4, 8, 8, 4, 2, 2, 1),  # 4 warps, capped at 80 registers: best for fp16 sums
+    StagedConfig(32, 64, 16, 4, 8, 8, 4, 1, 2, 2),  # 2 K slices: more warps where the grid is small
+    StagedConfig(32, 64, 8, 4, 8, 8, 4, 1, 2, 1),
+    StagedConfig(64, 64, 8, 8, 8, 8, 4, 1, 2, 1),
+    StagedConfig(32, 32, 8, 4, 4, 8, 4, 1, 2, 2),
+    # the register kernel (never staged winners): the first of these is the default for saved winners
+    RegisterConfig(64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
+    RegisterConfig(128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
+    RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
+    RegisterConfig(64, 64, 4, 4, 8, 4, 8, 4, 1, 2),
+    RegisterConfig(128, 64, 16, 4, 8, 4, 8, 8, 1, 0),
+    RegisterConfig(64, 64, 4, 4, 8, 4, 8, 4, 1, 3),
+    RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 3),
+    RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # half the live x / w values of the 8-channel step
+    RegisterConfig(64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # 4 warps (a cap for 3 programs per SM was slower)
 ]
-# register caps per config, from measurements (session 4, H100: the register kernel's config 8 capped
-# at 168 registers, 3 programs per SM, 0.225 ms against 0.189 uncapped: its spills cost more)
-FWD_MAXNREG: dict = {(64, 64, 16, 4, 8, 8, 4, 2, 2, 1, 4): 80}
+# register caps per config, where measured faster (capping the 8-warp register kernel for 3 programs
+# per SM made it slower: its spills cost more than the occupancy gained)
+FWD_MAXNREG: dict = {StagedConfig(64, 64, 16, 4, 8, 8, 4, 2, 2, 1): 80}
+
 
 def keeps_winners(cfg) -> bool:
     """Whether the tuner may use cfg where max/min save their winning taps: the register kernel's
@@ -376,9 +397,11 @@ def _fit(cfg, cg):
     if cg % (bk * ks):
         return None
     # fully unrolled channel loop: its code grows with the channels (BLOCK_K x steps), and at 256
-    # channels it outgrew the instruction cache (8.4 ms at N16 C256 O256 14x14, session 2)
+    # channels it outgrew the instruction cache (8.4 ms at N16 C256 O256 14x14)
     if cfg[-1] == 1 and cg > 64:
         return None
+    if hasattr(cfg, "_replace"):  # a named config stays named (explain / tuner logs print it)
+        return cfg._replace(block_k=bk)
     return cfg[:2] + (bk,) + tuple(cfg[3:])
 
 

@@ -3,12 +3,12 @@
 The portable backward kernels are outer products over 1-d loads, like the portable forward, with
 the same two barriers per step (measured on an H100 at N16 C64 O64 56x56, adder: weight gradient
 1.35 ms, input gradient 0.95 ms; the generic gradient code is ~10.5 instructions per tap, a floor of
-~0.6 ms each at the CUDA-core rate). Session 3 (gradcode terms, offsets without runtime terms,
-register cap): the weight gradient here 0.80 ms against the portable 1.25, the input gradient 0.63
-against 0.575. Session 4: Nsight Compute showed both backward kernels limited by the ALU pipe
+~0.6 ms each at the CUDA-core rate). With gradcode terms, offsets without runtime terms and a
+register cap, the weight gradient here took 0.80 ms against the portable 1.25, the input gradient
+0.63 against 0.575. Nsight Compute then showed both backward kernels limited by the ALU pipe
 (75-80% busy: the sign term's compares and selects; that pipe has half the FMA pipe's rate), so
 |x - w|-type terms accumulate by predicated adds (gradcode.branches, _sgn_acc): weight gradient
-0.73 ms, input gradient 0.49 (portable 0.575). By default (LAMBDACONV_GLUON_BWD=auto) the weight
+0.73 ms, input gradient 0.49 (portable 0.575). By default (settings.gluon_bwd="auto") the weight
 gradient of one-weight ops and the input gradient where those adds apply run here; "1" runs both
 for every sum-type op, "0" neither. `python benchmarks/sass.py --kernel gw` counts their loops. Here:
 
@@ -345,13 +345,13 @@ def source_w(spec, need_w, sgn: bool = True):
 
 SGN_DEFAULT = "1"  # where the predicated sign accumulation is used (sgn_enabled)
 GW_PER_SM = 32  # weight-gradient programs per SM (splits of the rows)
-# Session 3 on the H100 (adder, N16 C64 O64 56x56; benchmarks/gpu_bwd_sweep.py): 1.08-1.12 ms before
+# On the H100 (adder, N16 C64 O64 56x56, a sweep of these settings): 1.08-1.12 ms before
 # the offsets were freed of runtime terms; then 0.911 with 2 row blocks per iteration, 0.821 capped at
 # 128 registers (2 programs per SM instead of 1), 0.804 with 1 row block capped. The cap is for one
 # weight only: two weights' tiles and sums alone take 128 registers.
 GW_TILE = "4,8,4,2"  # TO, TC, WO, WC of the weight gradient (grad_w)
-GW_ROWS_U = 1  # blocks of rows per loop iteration (env LAMBDACONV_GLUON_GW_U for sweeps)
-GW_MAXNREG = 128  # register cap of the one-weight weight gradient (env LAMBDACONV_GLUON_GW_MAXNREG)
+GW_ROWS_U = 1  # blocks of rows per loop iteration (settings.gluon_gw_u for sweeps)
+GW_MAXNREG = 128  # register cap of the one-weight weight gradient (settings.gluon_gw_maxnreg)
 
 # (BLOCK_M, BLOCK_C, BLOCK_K, per thread M, C, lanes M, C, warps M, C, -): the forward's layout
 X_CONFIG = (64, 64, 2, 4, 8, 4, 8, 4, 1, 0)
@@ -442,7 +442,7 @@ def grad_w(spec, need_w, xp, wb, gs, k: dict, rows: int, groups: int, sms: int, 
     og, cg, taps = k["OG"], k["CG"], k["KD"] * k["KH"] * k["KW"]
     tiles = ((og + bo - 1) // bo) * ((cg + bc - 1) // bc)
     # Many programs per SM: with ~1 wave, the programs of a partial second wave ran alone and the
-    # kernel took twice its work (run 2 of session 2: 1152 programs, 1.12 ms for adder).
+    # kernel took twice its work (1152 programs: 1.12 ms for adder).
     target = (s.gluon_gw_per_sm or GW_PER_SM) * sms
     splits = max(1, min((target + tiles * groups * taps - 1) // (tiles * groups * taps), (rows + 4 * br - 1) // (4 * br),
                         tuning.max_splits(groups * taps * og * cg, k["I64"])))

@@ -2,9 +2,9 @@
 
 gluon.py's register-only kernel loads each thread's [TM, BLOCK_K] x slice and [BLOCK_K, TN]
 weight slice straight from global memory: 4 x 8 outputs per thread, and with 64 accumulators the
-[TM, BLOCK_K, TN] tap tensor spilled (session 5). It stopped at ~0.187 ms for the adder at the
+[TM, BLOCK_K, TN] tap tensor spilled. It stopped at ~0.187 ms for the adder at the
 first bar shape (60% of the CUDA-core floor, with the padding kernel 56%), long-scoreboard stalls
-on its L1 loads the main cost (Nsight Compute, session 4).
+on its L1 loads the main cost (Nsight Compute).
 
 Here a K step (KS * BLOCK_K in-channels of one tap) is copied by all threads of the program into
 shared memory with coalesced loads, double buffered (one barrier per step: the copy of step s+1

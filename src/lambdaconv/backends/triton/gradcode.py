@@ -89,7 +89,7 @@ def branches(t: Expr):
     0; NaN and inf - inf fail both compares, as they fail both of u's). The Gluon backward kernels
     then use two compares (ALU pipe) and three predicated adds (FMA pipe) instead of two compares,
     two selects (ALU) and an add: on an H100 the ALU pipe, half the FMA pipe's rate, was 75-80%
-    busy and the limit of both backward kernels (Nsight Compute, session 4)."""
+    busy and the limit of both backward kernels (Nsight Compute)."""
     if t.op != "where" or t.args[0].op != "gt" or t.args[2].op != "where":
         return None
     (u, z1), A, (c2, B, C) = t.args[0].args, t.args[1], t.args[2].args

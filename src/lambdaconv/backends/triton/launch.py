@@ -2,13 +2,13 @@
 
 `fn[grid](*args, **kw)` binds and specializes every argument in Python on each launch (about 35
 constexprs for a Gluon kernel here). On the H100 machine's host that was ~0.13 ms per launch under
-cProfile (session 4), three launches per adder fwd+bwd whose kernels take 1.2 ms: the call was
+cProfile, three launches per adder fwd+bwd whose kernels take 1.2 ms: the call was
 host-bound. After a first launch through the normal path, which returns the CompiledKernel, a
 launch with the same specialization (the constexprs and options, dtypes, 16-byte alignment of the
 pointers, the properties of ints Triton specializes on, the current device) calls that kernel's
 launcher directly, with the arguments in signature order, the launch metadata and the launch hooks
 as JITFunction.run passes them. Only for the triton versions whose JITFunction.run was read for
-this (3.6); LAMBDACONV_FAST_LAUNCH=0 turns it off.
+this (3.6); settings.fast_launch=False (LAMBDACONV_FAST_LAUNCH=0) turns it off.
 """
 from __future__ import annotations
 
