@@ -22,35 +22,36 @@ def indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line if line else line for line in text.splitlines())
 
 
-_NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum / relu propagate NaN
+_NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum / relu propagate NaN (Gluon uses tl's enum)
 
+# One format string per IR op over its argument names; {L} is the dialect's language module.
 OPS_SRC = {
     "add": "{0} + {1}",
     "sub": "{0} - {1}",
     "mul": "{0} * {1}",
     "div": "{0} / {1}",
     "neg": "-{0}",
-    "abs": "tl.abs({0})",
+    "abs": "{L}.abs({0})",
     # torch.sign is (x > 0) - (x < 0): 0 for 0 and for NaN
-    "sign": "tl.where({0} > 0.0, 1.0, tl.where({0} < 0.0, -1.0, 0.0))",
-    "exp": "tl.exp({0})",
+    "sign": "{L}.where({0} > 0.0, 1.0, {L}.where({0} < 0.0, -1.0, 0.0))",
+    "exp": "{L}.exp({0})",
     "expm1": "_expm1({0})",
-    "log": "tl.log({0})",
+    "log": "{L}.log({0})",
     "log1p": "_log1p({0})",
-    "sqrt": "tl.sqrt({0})",
-    "sin": "tl.sin({0})",
-    "cos": "tl.cos({0})",
-    "tan": "tl.sin({0}) / tl.cos({0})",
+    "sqrt": "{L}.sqrt({0})",
+    "sin": "{L}.sin({0})",
+    "cos": "{L}.cos({0})",
+    "tan": "{L}.sin({0}) / {L}.cos({0})",
     "atan": "_atan({0})",
     "tanh": "_tanh({0})",
-    "sigmoid": "1.0 / (1.0 + tl.exp(-{0}))",
+    "sigmoid": "1.0 / (1.0 + {L}.exp(-{0}))",
     # torch's softplus: x above the threshold 20, else log1p(exp(x))
-    "softplus": "tl.where({0} > 20.0, {0}, _log1p(tl.exp({0})))",
-    "relu": "tl.maximum({0}, 0.0, " + _NAN_ALL + ")",
-    "erf": "tl.erf({0})",
-    "maximum": "tl.maximum({0}, {1}, " + _NAN_ALL + ")",
-    "minimum": "tl.minimum({0}, {1}, " + _NAN_ALL + ")",
-    "where": "tl.where({0}, {1}, {2})",
+    "softplus": "{L}.where({0} > 20.0, {0}, _log1p({L}.exp({0})))",
+    "relu": "{L}.maximum({0}, 0.0, " + _NAN_ALL + ")",
+    "erf": "{L}.erf({0})",
+    "maximum": "{L}.maximum({0}, {1}, " + _NAN_ALL + ")",
+    "minimum": "{L}.minimum({0}, {1}, " + _NAN_ALL + ")",
+    "where": "{L}.where({0}, {1}, {2})",
     "gt": "{0} > {1}",
     "ge": "{0} >= {1}",
     "lt": "{0} < {1}",
@@ -59,6 +60,8 @@ OPS_SRC = {
     "ne": "{0} != {1}",
     "pow": None,  # printed by _pow: constant exponents become multiplications or sqrt
 }
+# The PRELUDE helper an op's code calls (pow: only a tensor or large integer exponent)
+OP_HELPERS = {"expm1": "_expm1", "log1p": "_log1p", "atan": "_atan", "tanh": "_tanh", "softplus": "_log1p"}
 
 PRELUDE = '''
 @triton.jit
@@ -118,12 +121,12 @@ def literal(v: float) -> str:
     return f"({v!r})" if v < 0 else repr(v)
 
 
-def _pow(base: str, e: Expr) -> str:
+def _pow(base: str, e: Expr, L: str = "tl") -> str:
     if not e.is_const:
         return None
     v = e.value
     if v == 0.5:
-        return f"tl.sqrt({base})"
+        return f"{L}.sqrt({base})"
     if v.is_integer() and 1 <= abs(v) <= 16:
         n, terms, sq = int(abs(v)), [], base
         while n:  # square-and-multiply: exact sign for negative bases, as torch.pow
@@ -136,19 +139,34 @@ def _pow(base: str, e: Expr) -> str:
         return prod if v > 0 else f"1.0 / ({prod})"
     if v.is_integer():
         return None  # large integer exponent: the general helper keeps the sign
-    return f"tl.exp({literal(v)} * tl.log({base}))"  # NaN for negative bases, as torch
+    return f"{L}.exp({literal(v)} * {L}.log({base}))"  # NaN for negative bases, as torch
 
 
-class Printer:
-    """Emits code for several expressions into one namespace (shared nodes printed once)."""
+class Unprintable(Exception):
+    """An op this dialect cannot print (its helper is not in the dialect's prelude)."""
+
+
+class TritonPrinter:
+    """Emits triton.language code for several expressions into one namespace (shared nodes printed
+    once). `helpers` collects the PRELUDE functions the code calls; a dialect lists the ones its
+    modules define (HELPERS), and printing an op whose helper is missing raises Unprintable."""
+    LANG = "tl"
+    HELPERS = frozenset({"_expm1", "_log1p", "_tanh", "_atan", "_pow"})  # codegen.PRELUDE
 
     def __init__(self, leaves: dict, prefix: str = "_v"):
         self.names = {}  # Expr -> variable name or literal
         self.lines = []
         self.leaves = leaves  # ("input", name) / ("weight", name) -> variable name
         self.prefix = prefix
+        self.helpers = set()
+
+    def _helper(self, name: str) -> None:
+        if name not in self.HELPERS:
+            raise Unprintable(f"{name} is not defined in {type(self).__name__}'s modules")
+        self.helpers.add(name)
 
     def value(self, e: Expr) -> str:
+        L = self.LANG
         for n in topo_order(e):
             if n in self.names:
                 continue
@@ -161,12 +179,15 @@ class Printer:
             args = [self.names[a] for a in n.args]
             src = None
             if n.op == "pow":
-                src = _pow(args[0], n.args[1])
+                src = _pow(args[0], n.args[1], L)
                 if src is None:
+                    self._helper("_pow")
                     src = f"_pow({args[0]}, {args[1]})" if not n.args[1].is_const else \
                         f"_pow({args[0]}, {args[0]} * 0.0 + {args[1]})"
             else:
-                src = OPS_SRC[n.op].format(*args)
+                if n.op in OP_HELPERS:
+                    self._helper(OP_HELPERS[n.op])
+                src = OPS_SRC[n.op].format(*args, L=L)
             name = f"{self.prefix}{len(self.lines)}"
             self.lines.append(f"{name} = {src}")
             self.names[n] = name
@@ -177,13 +198,24 @@ class Printer:
         return "\n".join(pad + line for line in self.lines) if self.lines else pad + "pass"
 
 
+class GluonPrinter(TritonPrinter):
+    """triton.experimental.gluon.language: the same ops under gl (NaN handling from tl's enum); the
+    Gluon modules carry none of the PRELUDE helpers, so ops needing one are not printed."""
+    LANG = "gl"
+    HELPERS = frozenset()
+
+
+Printer = TritonPrinter
+
+
 def depends(e: Expr, kind: str) -> bool:
     return any(n.op == kind for n in topo_order(e))
 
 
-def emit(exprs, x_var: str, weight_vars: dict, indent: int, prefix: str = "_v"):
-    """(code, [result names]) computing each expr; results that are constants stay literals."""
-    p = Printer({("input", "x"): x_var, **{("weight", k): v for k, v in weight_vars.items()}}, prefix)
+def emit(exprs, x_var: str, weight_vars: dict, indent: int, prefix: str = "_v", printer=TritonPrinter):
+    """(code, [result names]) computing each expr; results that are constants stay literals.
+    Raises Unprintable where the printer's dialect lacks a helper an op needs."""
+    p = printer({("input", "x"): x_var, **{("weight", k): v for k, v in weight_vars.items()}}, prefix)
     outs = [p.value(e) for e in exprs]
     return p.code(indent), outs
 

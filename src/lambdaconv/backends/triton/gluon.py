@@ -196,12 +196,11 @@ W_LOAD = "w_{i} = gl.expand_dims(gl.load(w{i}_ptr + b_ptrs + _wide(c0, I64) * (T
 
 # a reduction's code here: reductions.GluonCode
 
-_HELPERS = ("_expm1(", "_log1p(", "_tanh(", "_atan(", "_pow(")
 
 
 def source(spec, reduce: str, compute: str):
     """Gluon forward module text, or None where it does not apply."""
-    from .codegen import depends, emit
+    from .codegen import GluonPrinter, Unprintable, depends, emit
     names = spec.weight_names
     # Negations at the root leave the reduction (sum(-e) = -sum(e), max(-e) = -min(e), exactly in
     # IEEE arithmetic): -|x - w| is then 2 instructions per tap, not 3 (triton 3.6 does not fold
@@ -212,13 +211,13 @@ def source(spec, reduce: str, compute: str):
             expr, negate = expr.args[0], not negate
     rec = reductions.get(reductions.get(reduce).negated if negate else reduce)
     reduce = rec.name
-    op_code, (op_out,) = emit([expr], "xv", {n: f"w_{i}" for i, n in enumerate(names)}, 0)
-    # the tile code assumes a [BLOCK_M, BLOCK_K, BLOCK_N] tap value: x and some weight both in it
-    if (not {"gluon", "gluon_staged"} <= rec.code.keys() or any(h in op_code for h in _HELPERS)
-            or not depends(expr, "input") or not depends(expr, "weight")):
+    try:
+        code, (op_out,) = emit([expr], "xv", {n: f"w_{i}" for i, n in enumerate(names)}, 0, printer=GluonPrinter)
+    except Unprintable:
         return None
-    code = "\n".join(line.strip() for line in op_code.splitlines()).replace("tl.", "gl.")
-    code = code.replace("gl.PropagateNan", "tl.PropagateNan")
+    # the tile code assumes a [BLOCK_M, BLOCK_K, BLOCK_N] tap value: x and some weight both in it
+    if not {"gluon", "gluon_staged"} <= rec.code.keys() or not depends(expr, "input") or not depends(expr, "weight"):
+        return None
     init, combine, finish = rec.code["gluon"]
     if rec.linear and compute != "tl.float32":
         # half-precision taps (packed: two per instruction), each step's BLOCK_K taps summed in half

@@ -33,7 +33,8 @@ from ... import settings
 from . import gradcode, tuning
 from .launch import launch as fast_launch
 from . import templates as T
-from .gluon import GLUON_HEADER, _HELPERS, _indent
+from .codegen import GluonPrinter, Unprintable, depends, emit
+from .gluon import GLUON_HEADER, _indent
 
 BWD_X = '''
 
@@ -185,9 +186,8 @@ GW_ACC = "            gw_{i} += {term}"
 GW_STORE = "    gl.store(gw{i}_ptr + split * (O * CG * T) + w_off, gl.sum(gw_{i}, axis=1), mask=mask)"
 
 
-def _ok(code: str, outs, exprs, need: str) -> bool:
-    from .codegen import depends
-    return not any(h in code for h in _HELPERS) and all(depends(e, need) for e in exprs)
+def _ok(exprs, need: str) -> bool:
+    return all(depends(e, need) for e in exprs)
 
 
 def _geometry() -> str:
@@ -236,14 +236,14 @@ def x_uses_sgn(spec) -> bool:
 def _emit_terms(terms, names, sgn: bool):
     """(code, outs, parts) for the terms, a part per term: ("sgn", the 5 names of _sgn_acc's
     operands, whether the ties' operand is 0 for finite gs) where gradcode.branches applies, else
-    ("term", the term's source, False)."""
-    from .codegen import emit
+    ("term", the term's source, False). Raises codegen.Unprintable (an op needs a helper)."""
     exprs, spans = [], []
     for t, sel in terms:
         br = gradcode.branches(t) if sgn and not sel else None
         spans.append((len(exprs), br is not None and gradcode.zero_if_finite(br[4]), br is not None, sel))
         exprs += list(br) if br is not None else [t]
-    code, outs = emit(exprs, "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12)
+    code, outs = emit(exprs, "xv", {**{n: f"w_{i}" for i, n in enumerate(names)}, gradcode.GS_NAME: "gs"}, 12,
+                      printer=GluonPrinter)
     parts = []
     for j, zero, is_sgn, sel in spans:
         ops = outs[j:j + 5]
@@ -294,10 +294,12 @@ def source_x(spec, sgn: bool = True):
     """_bwd_x_gluon text for a sum-type op, or None (its d/dx must depend on a weight)."""
     names = spec.weight_names
     px = spec.partials()[0]
-    code, outs, parts = _emit_terms([gradcode.term(px)], names, sgn)
-    if not _ok(code, outs, [px], "weight"):
+    if not _ok([px], "weight"):
         return None
-    code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
+    try:
+        code, outs, parts = _emit_terms([gradcode.term(px)], names, sgn)
+    except Unprintable:
+        return None
     kind, arg, zero = parts[0]
     calls = []
     if kind == "sgn":  # per-thread partial sums for each of its BLOCK_K out channels, summed at the end
@@ -322,10 +324,12 @@ def source_w(spec, need_w, sgn: bool = True):
     gw_names = [n for n, k in zip(names, need_w) if k]
     if not wanted:
         return None
-    code, outs, parts = _emit_terms([gradcode.term(p) for p in wanted], names, sgn)
-    if not _ok(code, outs, wanted, "input"):
+    if not _ok(wanted, "input"):
         return None
-    code = code.replace("tl.", "gl.").replace("gl.PropagateNan", "tl.PropagateNan")
+    try:
+        code, outs, parts = _emit_terms([gradcode.term(p) for p in wanted], names, sgn)
+    except Unprintable:
+        return None
     calls = {i: _sgn_calls(f"gw_{i}", a, z) for i, (k, a, z) in enumerate(parts) if k == "sgn"}
     acc = "\n".join(calls[i][0] if i in calls else GW_ACC.strip().format(i=i, term=a)
                     for i, (k, a, _) in enumerate(parts))
