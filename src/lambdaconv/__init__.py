@@ -8,7 +8,8 @@
 from . import reductions, settings
 from .functional import conv1d, conv2d, conv3d
 from .nn import Conv1d, Conv2d, Conv3d
-from .plan import Plan, explain
+from .explain import explain
+from .plan import Plan
 from .ir import PRESETS, REDUCES
 from .geometry import PADDING_MODES
 

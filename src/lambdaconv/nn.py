@@ -17,7 +17,7 @@ from . import functional as F
 from .backends import registry
 from .geometry import PADDING_MODES, _tuple
 from .ir import resolve_op, resolve_reduce
-from .plan import explain
+from .explain import explain
 
 INITS = ("kaiming_uniform", "zeros", "ones", "normal", "uniform")
 
@@ -140,9 +140,15 @@ class _ConvNd(nn.Module):
                         self.stride, self.padding, self.dilation, self.groups, self.reduce, self.padding_mode,
                         self.backend)
 
-    def explain(self):
-        """The plan this layer runs with (see lambdaconv.explain)."""
-        return explain(self.op, self.reduce)
+    def explain(self, input=None):
+        """The plan this layer runs with (see lambdaconv.explain); with an input, also the backend,
+        kernels and cost of calling the layer on it."""
+        if input is None:
+            return explain(self.op, self.reduce)
+        weights = {n: getattr(self, n) for n in self.weight_names}
+        return explain(self.op, self.reduce, input=input, weights=weights, bias=self.bias, stride=self.stride,
+                       padding=self.padding, dilation=self.dilation, groups=self.groups,
+                       padding_mode=self.padding_mode, backend=self.backend, dims=self._dims)
 
     def extra_repr(self) -> str:
         op = self.op if isinstance(self.op, str) else str(resolve_op(self.op).expr)

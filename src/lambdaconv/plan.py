@@ -1,7 +1,8 @@
 """Strategy choice for an op: "decompose" (native convolutions) or "direct" (evaluate every tap).
 
-`explain(op, reduce)` returns a Plan: plain data, built once per (op, reduce) under a cache,
-printable. Backends read the plan; users read str(plan).
+`plan_for(spec, reduce)` returns a Plan: plain data, built once per (op, reduce) under a cache,
+printable. Backends read the plan; users read str(lambdaconv.explain(...)) (explain.py), which adds
+the backend, kernels and cost of a call.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import reductions
-from .ir import OpSpec, leaves, resolve_op, resolve_reduce
+from .ir import OpSpec, leaves
 from .ir.sympy_bridge import separate
 
 # Most stacked terms a decomposition may have. The conv then does MAX_TERMS times the
@@ -33,6 +34,10 @@ class Plan:
     terms: tuple = field(default=())  # decompose: (g_i(x), h_i(w)) string pairs
     calls: tuple = field(default=())  # decompose: native calls, described
     notes: tuple = field(default=())  # what the user may want to know (a term that duplicates the bias)
+    # with a call's tensors (lambdaconv.explain(..., input=, weights=)): who runs it, and at what cost
+    backend: str = ""  # the backend "auto" (or the named one) selects
+    kernels: tuple = field(default=())  # the backend's description of what runs (kernels, configs)
+    cost: tuple = field(default=())  # the performance model's lines (lambdaconv.cost)
 
     def __str__(self) -> str:
         lines = [f"op:        {self.op}   (weights: {', '.join(self.weights) or 'none'})",
@@ -45,6 +50,9 @@ class Plan:
             lines.append(f"call:      {c}")
         for n in self.notes:
             lines.append(f"note:      {n}")
+        if self.backend:
+            lines.append(f"backend:   {self.backend}")
+        lines += list(self.kernels) + list(self.cost)
         return "\n".join(lines)
 
 
@@ -87,9 +95,3 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
 
 def plan_for(spec: OpSpec, reduce: str) -> Plan:
     return _plan(spec, reduce)
-
-
-def explain(op, reduce=None) -> Plan:
-    """How lambdaconv will run `op` with `reduce`: plan.strategy is "decompose" or "direct"."""
-    spec = resolve_op(op)
-    return plan_for(spec, resolve_reduce(spec, reduce))

@@ -46,6 +46,8 @@ class Backend:
     # shapes (functional.convnd caches it under a key that holds them; it reads weights by name, so
     # the cache passes the user's dict as given). None: run(x, bias, weights, call) per call.
     runner_for: Optional[Callable] = None
+    # (call) -> lines saying what runs (kernels, configs, tiles): explain(..., input=, weights=)
+    describe: Optional[Callable[[Call], tuple]] = None
 
 
 _BACKENDS: dict = {}

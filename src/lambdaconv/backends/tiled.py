@@ -50,9 +50,12 @@ class _Ctx:
 
 
 def tile_budget(w: dict):
-    dev = next(iter(w.values())).device
+    return tile_budget_for(next(iter(w.values())).device)
+
+
+def tile_budget_for(device) -> int:
     s = settings.get()  # read per call: tests shrink the budget to force many tiles
-    return s.tile_elements if dev.type == "cpu" else s.tile_elements_gpu
+    return s.tile_elements if device.type == "cpu" else s.tile_elements_gpu
 
 
 def _full(v: torch.Tensor, shape) -> torch.Tensor:

@@ -60,6 +60,16 @@ def _nondeterministic(call: Call):
     return None
 
 
+def _describe(call: Call) -> tuple:
+    """The kernels of a training call (every input needing a gradient; kplan.decide)."""
+    from ...settings import interpreting
+    from . import kplan
+    need_w = (True,) * len(call.spec.weight_names)
+    kp = kplan.decide(call.spec, call.geometry, call.reduce, True, need_w, interpreting(), call.dtype, True,
+                      call.device)
+    return kp.lines() + ("           (training: every input needs a gradient; under no_grad the forward alone)",)
+
+
 register(Backend("triton", _unsupported, _run, PRIORITY,
                  "direct: generated triton kernels, forward and backward (CUDA; CPU under TRITON_INTERPRET=1)",
-                 nondeterministic=_nondeterministic))
+                 nondeterministic=_nondeterministic, describe=_describe))

@@ -18,13 +18,13 @@ import torch
 from ... import reductions, settings
 from ...geometry import Geometry, pad_input, valid_taps
 from ..composite import direct_backward
-from . import gluon_bwd, tuning
-from .kernels import half_exact, kernels
+from . import gluon_bwd, kplan, tuning
+from .kernels import kernels
 from .pad import padded
 from ...settings import interpreting
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
-_HALF = {torch.float16: "tl.float16"}
+_HALF_IN = (torch.float16,)  # input dtypes whose kernels may compute in half precision (kplan)
 _IN_KERNEL_PAD = ("zeros", "ignore")
 _BIAS_DIMS = {d: [0] + list(range(2, 2 + d)) for d in (1, 2, 3)}  # the bias gradient sums over these
 
@@ -97,6 +97,7 @@ def _pow2(v: int, lo: int, hi: int) -> int:
 
 class _Plan(NamedTuple):
     """What a forward and its backward need that is a function of the call's key (see _plan)."""
+    kernels: kplan.KernelPlan  # which kernel runs each pass
     mod: object  # the kernel module
     k: dict  # consts
     kw: dict  # the forward kernel's constexprs
@@ -111,18 +112,19 @@ class _Plan(NamedTuple):
     slab_view: tuple  # _slab_view
 
 
-def _plan(spec, g: Geometry, reduce, need_x, need_w, interp, compute, has_bias, save_aux) -> _Plan:
+def _plan(spec, g: Geometry, reduce, need_x, need_w, interp, dtype, half_w, has_bias, device) -> _Plan:
+    kp = kplan.decide(spec, g, reduce, need_x, need_w, interp, dtype, half_w, device)
     in_pad = g.padding_mode in _IN_KERNEL_PAD
     k = consts(g, in_pad)
-    kw = dict(k, HAS_BIAS=has_bias, SAVE_AUX=save_aux)
-    return _Plan(kernels(spec, reduce, need_x, need_w, interp, compute), k, kw, tuple(sorted(kw.items())),
+    kw = dict(k, HAS_BIAS=has_bias, SAVE_AUX=kp.save_aux)
+    return _Plan(kp, kernels(spec, reduce, need_x, need_w, interp, kp.compute), k, kw, tuple(sorted(kw.items())),
                  tuple(sorted(k.items())), (g.batch, g.out_channels) + g.out_size, g.batch * g.positions, in_pad,
                  (g.out_channels, g.cin_per_group) + g.kernel, _layout_view(g, _FWD_LAYOUT),
                  _layout_view(g, _BWD_LAYOUT), _slab_view(g))
 
 
 _PLANS: dict = {}
-_HALF_EXACT: dict = {}
+settings.on_change(lambda: _PLANS.clear())  # the kernel plans read settings (the module's current dict)
 
 
 class TritonConv(torch.autograd.Function):
@@ -136,18 +138,14 @@ class TritonConv(torch.autograd.Function):
         need_x, need_w = needs[0], needs[3:]  # bools
         grad = need_x or True in need_w
         interp = interpreting()
-        compute = "tl.float32"
-        # Inference only: rounding to half precision creates ties, and the winner of a tie among
-        # rounded values need not be the true argmax that the gradient must go to.
-        if not grad and x.dtype in _HALF and all(w.dtype == x.dtype for w in wts) and \
-                tuning.memo(_HALF_EXACT, (spec, reduce), lambda: half_exact(spec, reduce)):
-            compute = _HALF[x.dtype]
-        rec = reductions.get(reduce)
-        save_aux = grad and rec.saves is not None
+        half_w = x.dtype in _HALF_IN and all(w.dtype == x.dtype for w in wts)
         has_bias = bias is not None
-        key = ("fwd", spec, g, reduce, need_x, need_w, interp, compute, has_bias)
-        p = tuning.memo(_PLANS, key, lambda: _plan(spec, g, reduce, need_x, need_w, interp, compute, has_bias,
-                                                    save_aux))
+        dev = x.device
+        key = ("fwd", spec, g, reduce, need_x, need_w, interp, x.dtype, half_w, has_bias, dev)
+        p = tuning.memo(_PLANS, key, lambda: _plan(spec, g, reduce, need_x, need_w, interp, x.dtype, half_w, has_bias,
+                                                    dev))
+        kp = p.kernels
+        save_aux = kp.save_aux
         mod, kw, y_shape, rows = p.mod, p.kw, p.y_shape, p.rows
         xp = None
         xk = (x if p.in_pad else pad_input(x, g)).contiguous()
@@ -155,7 +153,7 @@ class TritonConv(torch.autograd.Function):
         y = x.new_empty(y_shape)
         aux = None
         if save_aux:
-            aux = x.new_empty(y_shape, dtype=torch.int32 if rec.saves == "winner" else torch.float32)
+            aux = x.new_empty(y_shape, dtype=torch.int32 if kp.saves == "winner" else torch.float32)
         if rows:
             args = (xk, *wf, bias if has_bias else y, y, aux if save_aux else y, rows)
 
@@ -164,8 +162,8 @@ class TritonConv(torch.autograd.Function):
                               p.kw_key)
 
             ran = False
-            if "gluon" in rec.code:
-                ran, xp = _gluon_forward(xk, g, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp,
+            if kp.forward == "gluon":
+                ran, xp = _gluon_forward(xk, g, spec, reduce, kp.gluon_compute, wf, bias, y, aux, rows, portable,
                                          p.in_pad)
             if not ran:
                 portable()
@@ -197,6 +195,7 @@ class TritonConv(torch.autograd.Function):
             xk_c = xk.detach().contiguous()
         gxk = None
         gws = {}
+        kp = p.kernels
         kind = reductions.get(reduce).backward
         if kind == "select":
             # (O, CG*T): a contiguous full-size weight is that already
@@ -224,15 +223,7 @@ class TritonConv(torch.autograd.Function):
             gs = gs.contiguous()
             yb = aux if kind == "softmax" else gs
             wb = [_w_layout(w, g, _BWD_LAYOUT, p.bwd_view, p.full) for w in wts]
-            # Gluon backward kernels. settings.gluon_bwd: "auto" (default) the weight gradient of
-            # one-weight ops (adder on an H100: 0.80 ms against the portable 1.25; 0.73 with
-            # the predicated sign accumulation) and the input gradient where that
-            # accumulation applies (|x - w|-type terms: 0.49 ms against the portable 0.575; with the
-            # selects it was 0.63), "1" both kernels, "0" neither. Two-weight ops stay portable.
-            mode = settings.get().gluon_bwd
-            base = kind != "softmax" and g.padding_mode != "ignore" and gluon_wanted(dev, interp)
-            fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
-            fast_w = base and (mode == "1" or (mode == "auto" and len(names) == 1))
+            fast, fast_w = kp.grad_x == "gluon", kp.grad_w == "gluon"  # the Gluon kernels (kplan.decide)
             fin = gluon_bwd.finite_flag(gs) if fast or fast_w else None  # one reduction for both kernels
             if need_x:
                 gxk = x.new_empty(x.shape) if in_pad else xk_c.new_empty(xk_c.shape, dtype=torch.float32)
@@ -242,14 +233,15 @@ class TritonConv(torch.autograd.Function):
                                   g.cin_per_group, g.groups, interp, p.k_key)
             if True in need_w:
                 slabs = None
-                if fast_w and g.batch * g.positions:
+                if fast_w:
                     xp = xp_saved if xp_saved is not None else padded(xk_c, g) if in_pad else xk_c
                     slabs = gluon_bwd.grad_w(spec, need_w, xp, wb, gs, consts(g, False), g.batch * g.positions,
                                              g.groups, tuning.sm_count(dev), fin)
                 if slabs is not None:
                     gws.update(_slabs_to_grads(slabs, g, names, need_w, p.slab_view))
                 else:
-                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, interp, p.slab_view))
+                    gws.update(_grad_weights(mod, xk_c, wb, gs, yb, g, k, names, need_w, interp, p.slab_view,
+                                             kp.grad_w_portable == "outer"))
         gx = None
         if need_x:
             if in_pad:
@@ -275,36 +267,15 @@ class TritonConv(torch.autograd.Function):
         return (gx, gb, None, *out)
 
 
-_CAPABILITY: dict = {}
-
-
-def gluon_wanted(device, interp=None) -> bool:
-    """The Gluon forward: CUDA sm_80 and newer, compiled (not interpreted), LAMBDACONV_GLUON != 0.
-    `interp`: interpreting(), where the caller has read it already."""
-    if device.type != "cuda" or (interpreting() if interp is None else interp) \
-            or settings.get().gluon == "0":
-        return False
-    if device.index is None:  # the current device: may change between calls
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    cap = _CAPABILITY.get(device)
-    if cap is None:
-        cap = _CAPABILITY[device] = torch.cuda.get_device_capability(device)
-    return cap >= (8, 0)
-
-
-def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, interp, in_pad):
+def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows, portable, in_pad):
     """Forward through a Gluon kernel (or `portable` where the tuner finds it faster) when one
     applies: (True, the padded input it read, or None), or (False, None): run the portable one.
     x: contiguous; padded by torch already unless in_pad (zeros). The register kernel (gluon.py)
     reads a padded input (its loads then need no masks): pad.py's kernel pads x for it. The staged
     kernel (gluon_staged.py) masks its few loads per K step and reads x as it is.
-    aux: max/min's winning taps (training), or None."""
-    if g.padding_mode == "ignore" or g.cin_per_group < 2 or not gluon_wanted(x.device, interp):
-        return False, None
+    aux: max/min's winning taps (training), or None. kplan.decide chose this kernel and `compute`."""
     from . import gluon
 
-    if x.dtype == torch.float16 and all(w.dtype == x.dtype for w in wf) and gluon.half_sum(spec, reduce):
-        compute = "tl.float16"
     gmod = gluon.module(spec, reduce, compute)
     if gmod is None:
         return False, None
@@ -359,14 +330,12 @@ def _grad_w_plan(g: Geometry, outer: bool, interp: bool, sms: int) -> _GradW:
     return _GradW(outer, blocks, (tiles, G * T, splits), splits, triton_cdiv(max(rows, 1), splits), rows)
 
 
-def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, interp, slab_view) -> dict:
+def _grad_weights(mod, xk, wb, gs, yb, g: Geometry, k, names, need_w, interp, slab_view, outer: bool) -> dict:
     """Weight gradients: split the batch x positions reduction so that the grid fills the device.
 
     The outer-product kernel (_bwd_w) needs enough channels per group for its (out x in) tile; with
     few (depthwise) the row-vectorized one (_bwd_w_rows) is used. The interpreter also takes the
-    row-vectorized one (its cost is per loop step) unless LAMBDACONV_TRITON_GW=outer."""
-    forced = settings.get().triton_gw
-    outer = forced == "outer" or (forced != "rows" and not interp and g.cout_per_group * g.cin_per_group >= 256)
+    row-vectorized one (its cost is per loop step) unless settings.triton_gw == "outer" (kplan.decide)."""
     sms = tuning.sm_count(xk.device)
     p = tuning.memo(_PLANS, ("gw", g, outer, interp, sms), lambda: _grad_w_plan(g, outer, interp, sms))
     shape = (p.splits, g.groups, g.taps, g.cout_per_group, g.cin_per_group)

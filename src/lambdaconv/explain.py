@@ -1,0 +1,47 @@
+"""explain(): how lambdaconv runs an op, and with a call's tensors, which backend, kernels and cost.
+
+    lc.explain("adder")                                   # the plan: decompose or direct, and why
+    lc.explain("adder", input=x, weights={"weight": w}, padding=1)   # + backend, kernels, cost
+    layer.explain(x)                                      # the same for a layer and an input
+
+The call is validated exactly as lc.conv1d/2d/3d validate it (the same errors), and the backend is
+the one "auto" (or the named backend) would run; nothing is computed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from . import cost, functional
+from .backends import registry
+from .ir import resolve_op, resolve_reduce
+from .plan import Plan, plan_for
+
+
+def explain(op, reduce=None, *, input=None, weights=None, bias=None, stride=1, padding=0, dilation=1, groups=1,
+            padding_mode="zeros", backend="auto", dims=None) -> Plan:
+    """How lambdaconv will run `op` with `reduce`: plan.strategy is "decompose" or "direct".
+
+    With `input` and `weights` (and the conv's other arguments, as lc.conv1d/2d/3d take them) the
+    plan also names the backend that runs the call, its kernels and their configs, and the
+    forward's cost from the performance model (lambdaconv.cost: taps, operations per tap, bytes,
+    the floor and what bounds it). `dims` (1, 2 or 3) is read from the weights' rank when not given."""
+    spec = resolve_op(op)
+    plan = plan_for(spec, resolve_reduce(spec, reduce))
+    if input is None and weights is None:
+        return plan
+    if input is None or weights is None:
+        raise TypeError("explain: give both input and weights (or neither)")
+    wdim = max((w.dim() for w in weights.values() if hasattr(w, "dim")), default=0) if isinstance(weights, dict) else 0
+    d = dims if dims is not None else wdim - 2 if wdim >= 3 else input.dim() - 2
+    if d not in (1, 2, 3):
+        raise ValueError(f"explain: cannot tell 1-, 2- or 3-d from input {tuple(input.shape)} and the weights")
+    x, b, ws, call, _ = functional.prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+                                           padding_mode, backend)
+    be = registry.select(backend, call)
+    kernels = tuple(be.describe(call)) if be.describe is not None else ()
+    extra = {"backend": be.name, "kernels": kernels}
+    if plan.strategy == "direct":
+        c = cost.estimate(spec, call.geometry, x.element_size(), sum(math.prod(w.shape) for w in ws.values()))
+        extra["cost"] = c.lines()
+    return dataclasses.replace(plan, **extra)
