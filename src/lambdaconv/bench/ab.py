@@ -90,15 +90,20 @@ def main(argv=None):
             src = a.baseline if side == "old" else a.new
             runs[side].append(run_child(src, keys, cache + "_" + side, a.timeout))
             print(f"round {r + 1}/{a.rounds} {side} done", file=sys.stderr, flush=True)
+        if len(runs["old"]) == len(runs["new"]):
+            rows = _write(a.out, keys, runs)  # after every full round: a cut-off run keeps what it measured
+    print(markdown(rows))
+    return rows
+
+
+def _write(out, keys, runs):
     rows = table(keys, runs)
-    text = markdown(rows)
-    print(text)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "ab.json"), "w") as f:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "ab.json"), "w") as f:
             json.dump({"keys": keys, "runs": runs, "rows": rows}, f, indent=1)
-        with open(os.path.join(a.out, "ab.md"), "w") as f:
-            f.write(text + "\n")
+        with open(os.path.join(out, "ab.md"), "w") as f:
+            f.write(f"{len(runs['old'])} rounds\n\n" + markdown(rows) + "\n")
     return rows
 
 
