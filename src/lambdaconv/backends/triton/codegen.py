@@ -14,12 +14,27 @@ accurate to a few float32 ulps; the backend computes in float32 only (float64 go
 from __future__ import annotations
 
 import math
+from string import Template
 
 from ...ir.expr import Expr, topo_order
 
 def indent(text: str, n: int) -> str:
     """text with every non-empty line indented by n spaces (generated code spliced into templates)."""
     return "\n".join(" " * n + line if line else line for line in text.splitlines())
+
+
+# The one template mechanism of every kernel (forward and backward, each dialect): a kernel's text
+# is a string.Template whose named hooks ($W_ARGS, $W_LOADS, $OP_CODE, $INIT, $COMBINE, $FINISH,
+# $MAIN_LOOP, ...) are filled with generated code; per-weight lines come from one line format.
+def fill(template: str, **hooks) -> str:
+    """template with every $HOOK replaced (a missing hook is a KeyError: templates and code agree)."""
+    return Template(template).substitute(**hooks)
+
+
+def lines(fmt: str, names, n: int = 0, **kw) -> str:
+    """fmt formatted once per weight (i: its index, name: its name), joined, indented by n."""
+    text = "\n".join(fmt.format(i=i, name=name, **kw) for i, name in enumerate(names))
+    return indent(text, n) if n else text
 
 
 _NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum / relu propagate NaN (Gluon uses tl's enum)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import functools
 import warnings
 from typing import NamedTuple
-from string import Template
 
 from . import gluon_staged
 from . import templates as T
 from ... import reductions, settings
-from .codegen import OUTPUT_TILE, indent as _indent
+from .codegen import OUTPUT_TILE, fill, indent as _indent, lines
 from . import tuning
 from .launch import launch as fast_launch
 
@@ -225,31 +224,26 @@ def source(spec, reduce: str, compute: str):
         combine = "acc += gl.sum(v, axis=1).to(gl.float32)"
     if negate:
         finish += "\n    res = -res"
-    step = Template(STEP).substitute(
-        W_LOADS="\n".join(W_LOAD.format(i=i) for i in range(len(names))), OP_CODE=code, OP_OUT=op_out,
-        COMBINE=Template(combine).substitute(STEP_ID="(t * (CG // BLOCK_K) + c0 // BLOCK_K)"))
-    step3 = Template(STEP3).substitute(
-        W_LOADS="\n".join(W_LOAD3.format(i=i) for i in range(len(names))), OP_CODE=code, OP_OUT=op_out,
-        COMBINE=Template(combine).substitute(STEP_ID="0"))
-    pipe = Template("$OP_CODE\nv = $OP_OUT\n$COMBINE").substitute(
-        OP_CODE=code, OP_OUT=op_out, COMBINE=Template(combine).substitute(STEP_ID="s"))
-    idx = range(len(names))
+    step = fill(
+        STEP, W_LOADS=lines(W_LOAD, names), OP_CODE=code, OP_OUT=op_out,
+        COMBINE=fill(combine, STEP_ID="(t * (CG // BLOCK_K) + c0 // BLOCK_K)"))
+    step3 = fill(
+        STEP3, W_LOADS=lines(W_LOAD3, names), OP_CODE=code, OP_OUT=op_out,
+        COMBINE=fill(combine, STEP_ID="0"))
+    pipe = fill(
+        "$OP_CODE\nv = $OP_OUT\n$COMBINE", OP_CODE=code, OP_OUT=op_out, COMBINE=fill(combine, STEP_ID="s"))
     winner = ""
     if rec.backward == "select":
-        winner = Template(WINNER).substitute(W_EPI=_indent("\n".join(W_EPI.format(i=i) for i in idx), 12),
-                                             OP_CODE=_indent(code, 12), OP_OUT=op_out)
-
-    def lines(fmt, n):
-        return _indent("\n".join(fmt.format(i=i) for i in idx), n)
-    body = Template(FORWARD).substitute(
-        GEOMETRY=T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),
-        W_ARGS="\n".join(W_ARG.format(i=i, name=n) for i, n in enumerate(names)),
+        winner = fill(WINNER, W_EPI=lines(W_EPI, names, 12), OP_CODE=_indent(code, 12), OP_OUT=op_out)
+    body = fill(
+        FORWARD, GEOMETRY=T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),
+        W_ARGS=lines(W_ARG, names),
         INIT=init, FINISH=finish, WINNER=winner, COMPUTE=compute.replace("tl.", "gl."), STEP=_indent(step, 20),
-        PIPE_BODY=_indent(pipe, 12), W_FIRST=lines("w{i}_cur = gl.load(w{i}_ptr + b_off)", 8),
-        W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", 12),
-        W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", 12),
+        PIPE_BODY=_indent(pipe, 12), W_FIRST=lines("w{i}_cur = gl.load(w{i}_ptr + b_off)", names, 8),
+        W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", names, 12),
+        W_CUR=lines("w_{i} = gl.expand_dims(w{i}_cur.to(CT), 0)", names, 12), W_SWAP=lines("w{i}_cur = w{i}_nxt", names, 12),
         STEP3=_indent(step3, 16), OUTPUT_TILE=OUTPUT_TILE)
-    head = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce)
+    head = fill(GLUON_HEADER, OP=str(spec.expr).replace("\n", " "), REDUCE=reduce)
     staged = gluon_staged.source(names, reduce, compute, code, op_out,
                                  T.GEOMETRY.rstrip("\n").replace("tl.constexpr", "gl.constexpr"),
                                  "\n    res = -res" if negate else "")
@@ -443,8 +437,6 @@ def launch(mod, args, kw, rows, og, groups, cg, cfg, raw=None) -> bool:
 def forward(mod, args, kw, rows, og, groups, cg, portable, raw=None) -> None:
     """The forward through the fastest of the Gluon configs and the portable kernel (`portable()`),
     timed once per (module, geometry, batch-size bucket) as tuning.launch does."""
-    from . import tuning
-
     s = settings.get()
     forced, tune = s.gluon_fwd_config, s.tune  # forced: a config for every forward (profiling, sweeps)
     # the decision per (module, geometry, batch-size bucket, settings), looked up by identity: the

@@ -27,13 +27,12 @@ missing taps only where the partial may be inf/NaN). Anything the kernels do not
 """
 from __future__ import annotations
 
-from string import Template
 
 from ... import settings
 from . import gradcode, tuning
 from .launch import launch as fast_launch
 from . import templates as T
-from .codegen import GluonPrinter, Unprintable, depends, emit
+from .codegen import GluonPrinter, Unprintable, depends, emit, fill, lines
 from .gluon import GLUON_HEADER, _indent
 
 BWD_X = '''
@@ -83,6 +82,11 @@ $GEOMETRY
 $ACC_INIT
     # out-channel blocks outer, the taps unrolled inside: each tap's shift is a constant, so the
     # loads take immediate offsets and ptxas issues the next tap's loads during this tap's arithmetic
+$MAIN_LOOP    offs_c = gl.expand_dims(offs_cx, 0)
+    mask = gl.expand_dims(offs_mx < n_rows, 1) & (offs_c < CG)
+    gl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
+'''
+LOOP_X = '''\
     for o0 in range(0, OG, BLOCK_K):
         g_base = gsp_ptr + (g_off + _wide(o0, I64) * GP)
         w_base = w_off + o0 * CG
@@ -94,9 +98,6 @@ $W_LOADS
 $OP_CODE
 $ACC_STEP
 $ACC_FINISH
-    offs_c = gl.expand_dims(offs_cx, 0)
-    mask = gl.expand_dims(offs_mx < n_rows, 1) & (offs_c < CG)
-    gl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 '''
 
 W_ARG_B = "    w{i}_ptr,  # weight {name!r}, (G, T, OG, CG)"
@@ -157,6 +158,10 @@ $GW_INIT
     m_end = gl.minimum(m_start + chunk, n_rows)
     # ROWS_U blocks of rows per iteration, unrolled: their loads are issued together (more memory
     # requests in flight per warp than one block's; the kernel is latency-bound at 1 program per SM)
+$MAIN_LOOP    mask = gl.expand_dims(offs_ow < OG, 1) & gl.expand_dims(offs_cw < CG, 0)
+$GW_STORE
+'''
+LOOP_W = '''\
     for m0 in range(m_start, m_end, BLOCK_R * ROWS_U):
         for u in gl.static_range(ROWS_U):
             mr = gl.minimum(m0 + u * BLOCK_R + offs_rx, m_end - 1)  # tail rows re-read a real row; their gs is 0
@@ -175,8 +180,6 @@ $GW_INIT
             gs = gl.expand_dims(gs * gl.expand_dims(gl.where(rg < m_end, 1.0, 0.0), 0), 2)  # [BLOCK_O, BLOCK_R, 1]
 $OP_CODE
 $GW_ACC
-    mask = gl.expand_dims(offs_ow < OG, 1) & gl.expand_dims(offs_cw < CG, 0)
-$GW_STORE
 '''
 
 W_LOAD_W = "    w_{i} = gl.expand_dims(gl.load(w{i}_ptr + w_off).to(gl.float32), 1)  # [BLOCK_O, 1, BLOCK_C]"
@@ -256,20 +259,18 @@ def _emit_terms(terms, names, sgn: bool):
     return code, outs, parts
 
 
-def _two_loops(text: str, start: str, end: str, swaps) -> str:
-    """text with its main loop (from the line `start` to the line before `end`) run in two
-    versions: with each (exact, fast) of swaps replaced (_sgn_acc2: ties add nothing) when the
-    sum of gs is finite, else as written (exact for inf / NaN gradients too); unchanged without
-    swaps (some sign term whose tie value is not 0 for finite gs, or none)."""
+def _two_loops(loop: str, swaps) -> str:
+    """The $MAIN_LOOP hook: the main loop as written, or, with swaps, in two versions: each (exact,
+    fast) of swaps replaced (_sgn_acc2: ties add nothing) when the sum of gs is finite, else as
+    written (exact for inf / NaN gradients too). No swaps: some sign term whose tie value is not 0
+    for finite gs, or none."""
     if not swaps:
-        return text
-    i, j = text.index(start), text.index(end)
-    loop = fast = text[i:j]
+        return loop
+    fast = loop
     for exact, quick in swaps:
         assert exact in fast
         fast = fast.replace(exact, quick)
-    return (text[:i] + "    fin = gl.load(fin_ptr)\n    if fin - fin == 0.0:\n" + _indent(fast, 4) + "\n    else:\n"
-            + _indent(loop, 4) + "\n" + text[j:])
+    return "    fin = gl.load(fin_ptr)\n    if fin - fin == 0.0:\n" + _indent(fast, 4) + "\n    else:\n" + _indent(loop, 4) + "\n"
 
 
 def _sgn_calls(acc: str, ops, zero: bool):
@@ -284,9 +285,9 @@ def _swaps(calls):
 
 
 def _head(spec, what: str, parts) -> str:
-    text = Template(GLUON_HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=what)
+    text = fill(GLUON_HEADER, OP=str(spec.expr).replace("\n", " "), REDUCE=what)
     if any(p[0] == "sgn" for p in parts):
-        text += Template(SGN_ACC).substitute(PTX=gradcode.SGN_ACC_PTX, PTX2=gradcode.SGN_ACC2_PTX)
+        text += fill(SGN_ACC, PTX=gradcode.SGN_ACC_PTX, PTX2=gradcode.SGN_ACC2_PTX)
     return text
 
 
@@ -308,12 +309,9 @@ def source_x(spec, sgn: bool = True):
                "    acc = gl.sum(acc3, axis=1)")
     else:
         acc = ("    acc = gl.zeros([BLOCK_M, BLOCK_C], gl.float32, LX)", f"            acc += gl.sum({arg}, axis=1)", "")
-    text = Template(BWD_X).substitute(
-        W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
-        W_LOADS="\n".join(W_LOAD_X.format(i=i) for i in range(len(names))), OP_CODE=code,
-        ACC_INIT=acc[0], ACC_STEP=acc[1], ACC_FINISH=acc[2])
-    text = _two_loops(text, "    for o0 in range(0, OG, BLOCK_K):", "    offs_c = gl.expand_dims(offs_cx, 0)",
-                      _swaps(calls))
+    loop = fill(LOOP_X, W_LOADS=lines(W_LOAD_X, names), OP_CODE=code, ACC_STEP=acc[1], ACC_FINISH=acc[2])
+    text = fill(BWD_X, W_ARGS=lines(W_ARG_B, names), GEOMETRY=_geometry(), ACC_INIT=acc[0],
+                MAIN_LOOP=_two_loops(loop, _swaps(calls)))
     return _head(spec, "sum (input gradient)", parts) + text
 
 
@@ -333,17 +331,12 @@ def source_w(spec, need_w, sgn: bool = True):
     calls = {i: _sgn_calls(f"gw_{i}", a, z) for i, (k, a, z) in enumerate(parts) if k == "sgn"}
     acc = "\n".join(calls[i][0] if i in calls else GW_ACC.strip().format(i=i, term=a)
                     for i, (k, a, _) in enumerate(parts))
-    text = Template(BWD_W).substitute(
-        W_ARGS="\n".join(W_ARG_B.format(i=i, name=n) for i, n in enumerate(names)), GEOMETRY=_geometry(),
-        GW_ARGS="\n".join(GW_ARG.format(i=i, name=n) for i, n in enumerate(gw_names)),
-        W_LOADS="\n".join(W_LOAD_W.format(i=i) for i in range(len(names))),
-        GW_INIT=_indent("\n".join(GW_INIT.strip().format(i=i) for i in range(len(gw_names))), 4),
-        OP_CODE=code, GW_ACC=_indent(acc, 12),
-        GW_STORE=_indent("\n".join(GW_STORE.strip().format(i=i) for i in range(len(gw_names))), 4))
     # every weight's term a sign term: the fast loop when gs is finite
     swaps = _swaps(list(calls.values())) if len(calls) == len(parts) else []
-    text = _two_loops(text, "    for m0 in range(m_start, m_end, BLOCK_R * ROWS_U):",
-                      "    mask = gl.expand_dims(offs_ow < OG, 1)", swaps)
+    loop = fill(LOOP_W, OP_CODE=code, GW_ACC=_indent(acc, 12))
+    text = fill(BWD_W, W_ARGS=lines(W_ARG_B, names), GEOMETRY=_geometry(), GW_ARGS=lines(GW_ARG, gw_names),
+                W_LOADS=lines(W_LOAD_W, names), GW_INIT=lines(GW_INIT.strip(), gw_names, 4),
+                GW_STORE=lines(GW_STORE.strip(), gw_names, 4), MAIN_LOOP=_two_loops(loop, swaps))
     return _head(spec, "sum (weight gradient)", parts) + text
 
 

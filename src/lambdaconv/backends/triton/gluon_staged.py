@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 
 from ... import reductions
-from .codegen import OUTPUT_TILE, indent as _indent
+from .codegen import OUTPUT_TILE, fill, indent as _indent, lines
 
 K_MODE = 4  # the last element of a staged config in gluon.CONFIGS
 
@@ -145,27 +145,18 @@ def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: s
     init, combine, step_end, finish = rec.code["gluon_staged"]
     if rec.linear and compute != "tl.float32":
         combine, step_end = HALF_SUM
-    idx = range(len(names))
-
-    def lines(fmt, n):
-        return _indent("\n".join(fmt.format(i=i) for i in idx), n)
     barrier = "gl.barrier()" if hasattr(gl, "barrier") else "gl.thread_barrier()"  # renamed after triton 3.6
-    return (KERNEL.replace("$BARRIER", barrier).replace("$OUTPUT_TILE", OUTPUT_TILE.rstrip("\n"))
-            .replace("$W_ARGS", "\n".join(f"    w{i}_ptr,  # weight {n!r}, (G, CG * T, OG)" for i, n in enumerate(names)))
-            .replace("$GEOMETRY", geometry)
-            .replace("$W_ALLOC", lines("w{i}s = gl.allocate_shared_memory(w{i}_ptr.dtype.element_ty, "
-                                       "[2, KS, BLOCK_K, BLOCK_N], SMW)", 4))
-            .replace("$W_STORE0", lines("w{i}s.index(0).store(gl.load(w{i}_ptr + b_off))", 4))
-            .replace("$W_NEXT", lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", 8))
-            .replace("$W_BUF", lines("w{i}b = w{i}s.index(s % 2)", 8))
-            .replace("$W_READ", lines("w_{i} = w{i}b.slice(k, 1, 1).load(LA).to(CT)",
-                                      12))
-            .replace("$W_STORE", lines("w{i}s.index((s + 1) % 2).store(w{i}_nxt)", 8))
-            .replace("$STEP_END", step_end)
-            .replace("$INIT", init).replace("$FINISH", finish + finish_extra)
-            .replace("$COMPUTE", compute.replace("tl.", "gl."))
-            .replace("$OP_CODE", _indent(code, 12)).replace("$OP_OUT", op_out)
-            .replace("$COMBINE", _indent(combine, 12)))
+    return fill(KERNEL, BARRIER=barrier, OUTPUT_TILE=OUTPUT_TILE.rstrip("\n"),
+                W_ARGS=lines("    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)", names), GEOMETRY=geometry,
+                W_ALLOC=lines("w{i}s = gl.allocate_shared_memory(w{i}_ptr.dtype.element_ty, [2, KS, BLOCK_K, BLOCK_N], SMW)",
+                              names, 4),
+                W_STORE0=lines("w{i}s.index(0).store(gl.load(w{i}_ptr + b_off))", names, 4),
+                W_NEXT=lines("w{i}_nxt = gl.load(w{i}_ptr + (b_off + (tn * OG + cn * (T * OG))))", names, 8),
+                W_BUF=lines("w{i}b = w{i}s.index(s % 2)", names, 8),
+                W_READ=lines("w_{i} = w{i}b.slice(k, 1, 1).load(LA).to(CT)", names, 12),
+                W_STORE=lines("w{i}s.index((s + 1) % 2).store(w{i}_nxt)", names, 8),
+                STEP_END=step_end, INIT=init, FINISH=finish + finish_extra, COMPUTE=compute.replace("tl.", "gl."),
+                OP_CODE=_indent(code, 12), OP_OUT=op_out, COMBINE=_indent(combine, 12))
 
 
 @functools.lru_cache(maxsize=None)

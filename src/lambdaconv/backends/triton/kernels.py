@@ -21,13 +21,12 @@ import stat
 import sys
 import tempfile
 import types
-from string import Template
 
 from ... import reductions, settings
 from ...ir import OpSpec
 from . import gradcode
 from . import templates as T
-from .codegen import PRELUDE, emit
+from .codegen import PRELUDE, emit, fill, lines
 
 GENERATOR_VERSION = "2"  # bump when the templates change meaning (the hash covers the text anyway)
 
@@ -40,12 +39,8 @@ def cache_dir() -> str:
     return d
 
 
-def _fill(template: str, **slots) -> str:
-    return Template(template).substitute(GEOMETRY=T.GEOMETRY.rstrip("\n"), **slots)
-
-
-def _lines(fmt: str, names, **kw) -> str:
-    return "\n".join(fmt.format(i=i, name=n, **kw) for i, n in enumerate(names))
+def _fill(template: str, **hooks) -> str:
+    return fill(template, GEOMETRY=T.GEOMETRY.rstrip("\n"), **hooks)
 
 
 # Ops whose half-precision result is the float32 one rounded: one add/sub/max/min of the input and
@@ -67,12 +62,12 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str 
     """The module text: helpers, forward, and the backward kernels this call needs."""
     names = spec.weight_names
     wv = {n: f"w_{i}" for i, n in enumerate(names)}
-    parts = [Template(T.HEADER).substitute(OP=str(spec.expr).replace("\n", " "), REDUCE=reduce), PRELUDE]
+    parts = [fill(T.HEADER, OP=str(spec.expr).replace("\n", " "), REDUCE=reduce), PRELUDE]
 
     rec = reductions.get(reduce)
     init, combine, finish, aux, ident = rec.code["triton"]
     code, (out,) = emit([spec.expr], "xv", wv, 12)
-    parts.append(_fill(T.FORWARD, W_ARGS=_lines(T.W_ARG_FWD, names), W_LOADS=_lines(T.W_LOAD_FWD, names),
+    parts.append(_fill(T.FORWARD, W_ARGS=lines(T.W_ARG_FWD, names), W_LOADS=lines(T.W_LOAD_FWD, names),
                        OP_CODE=code, OP_OUT=out, IDENTITY=ident, INIT=init, COMBINE=combine, FINISH=finish,
                        AUX=aux, COMPUTE=compute))
     partials = spec.partials()
@@ -83,16 +78,16 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str 
         atomics = [T.ATOMIC_X.format(out=outs[0])] if need_x else []
         gw_names = [n for n, k in zip(names, need_w) if k]
         atomics += [T.ATOMIC_W.format(i=i, out=o) for i, o in enumerate(outs[1:])]
-        parts.append(_fill(T.BACKWARD_SELECT, W_ARGS=_lines(T.W_ARG_S, names), W_LOADS=_lines(T.W_LOAD_S, names),
-                           GW_ARGS=_lines(T.GW_ARG_S, gw_names), OP_CODE=code,
+        parts.append(_fill(T.BACKWARD_SELECT, W_ARGS=lines(T.W_ARG_S, names), W_LOADS=lines(T.W_LOAD_S, names),
+                           GW_ARGS=lines(T.GW_ARG_S, gw_names), OP_CODE=code,
                            ATOMICS="\n".join(atomics) or "    pass"))
         return "\n".join(parts)
     gv = {**wv, gradcode.GS_NAME: "gs"}  # the gradient terms read the kernels' `gs`
     if need_x:
         tx, sel = gradcode.term(partials[0], lse)
         code, outs = emit([tx] + ([spec.expr] if lse else []), "xv", gv, 12)
-        scale = Template(T.SCALE_LSE_X).substitute(FWD=outs[1]) if lse else ""
-        parts.append(_fill(T.BACKWARD_X, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(T.W_LOAD_X, names),
+        scale = fill(T.SCALE_LSE_X, FWD=outs[1]) if lse else ""
+        parts.append(_fill(T.BACKWARD_X, W_ARGS=lines(T.W_ARG_B, names), W_LOADS=lines(T.W_LOAD_X, names),
                            OP_CODE=code, SCALE=scale, TERM_0=gradcode.value(outs[0], sel)))
     if any(need_w):
         terms = [gradcode.term(p, lse) for p, k in zip(partials[1:], need_w) if k]
@@ -102,13 +97,13 @@ def source(spec: OpSpec, reduce: str, need_x: bool, need_w: tuple, compute: str 
         for tmpl, loads, init, store, lse_scale in (
                 (T.BACKWARD_W, T.W_LOAD_W, T.GW_INIT, T.GW_STORE, T.SCALE_LSE_W),
                 (T.BACKWARD_W_ROWS, T.W_LOAD_W_ROWS, T.GW_INIT_ROWS, T.GW_STORE_ROWS, T.SCALE_LSE_W_ROWS)):
-            scale = Template(lse_scale).substitute(FWD=outs[-1]) + "\n" if lse else ""
+            scale = fill(lse_scale, FWD=outs[-1]) + "\n" if lse else ""
             parts.append(_fill(
-                tmpl, W_ARGS=_lines(T.W_ARG_B, names), W_LOADS=_lines(loads, names),
-                GW_ARGS=_lines(T.GW_ARG, gw_names), OP_CODE=code, SCALE="", GW_INIT=_lines(init, gw_names),
+                tmpl, W_ARGS=lines(T.W_ARG_B, names), W_LOADS=lines(loads, names),
+                GW_ARGS=lines(T.GW_ARG, gw_names), OP_CODE=code, SCALE="", GW_INIT=lines(init, gw_names),
                 GW_ACC=scale + "\n".join(T.GW_ACC.format(i=i, term=gradcode.value(o, sel))
                                          for i, (o, (_, sel)) in enumerate(zip(outs, terms))),
-                GW_STORE=_lines(store, gw_names)))
+                GW_STORE=lines(store, gw_names)))
     return "\n".join(parts)
 
 
