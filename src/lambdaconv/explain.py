@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import cost, functional
+from . import calls, cost
 from .backends import registry
 from .ir import resolve_op, resolve_reduce
 from .plan import Plan, plan_for
@@ -36,7 +36,7 @@ def explain(op, reduce=None, *, input=None, weights=None, bias=None, stride=1, p
     d = dims if dims is not None else wdim - 2 if wdim >= 3 else input.dim() - 2
     if d not in (1, 2, 3):
         raise ValueError(f"explain: cannot tell 1-, 2- or 3-d from input {tuple(input.shape)} and the weights")
-    x, b, ws, call, _ = functional.prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+    x, b, ws, call, _ = calls.prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                            padding_mode, backend)
     be = registry.select(backend, call)
     kernels = tuple(be.describe(call)) if be.describe is not None else ()

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from . import backends, library
+from . import backends, calls, library
 from .backends import composite
 from .backends.composite import transform_active
+from .calls import _context, no_kernel, nothing_to_compute, prepare  # noqa: F401 (prepare: public for tests)
+from .ir import resolve_op
 from .settings import interpreting
-from .geometry import make_geometry
-from .ir import resolve_op, resolve_reduce
-
-_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
 
 def conv1d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            reduce=None, padding_mode="zeros", backend="auto"):
@@ -62,92 +59,12 @@ def conv3d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
     return convnd(3, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
 
 
-def _context(op, x, weights) -> str:
-    if isinstance(weights, dict):
-        shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in weights.items()}
-    else:  # never the values: a tensor's repr is thousands of lines
-        shapes = f"{type(weights).__name__} {tuple(weights.shape)}" if isinstance(weights, torch.Tensor) \
-            else type(weights).__name__
-    xs = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-    return f"\n  in lambdaconv conv with op={op if isinstance(op, str) else getattr(op, '__name__', op)!r}, " \
-           f"input {xs}, weights {shapes}"
-
-
-def _check_tensor(what: str, t: torch.Tensor, x: torch.Tensor) -> None:
-    """A weight's or the bias's dtype, layout and device, as torch checks its conv's (torch wants
-    the input's dtype exactly; here any floating dtype is cast, as documented). An integer, bool
-    or complex one would be cast silently (a complex one losing its imaginary part)."""
-    if t.dtype not in _DTYPES:
-        raise ValueError(f"{what} has dtype {t.dtype}; use a floating dtype (float64, float32, float16 or "
-                         f"bfloat16)")
-    if t.layout != torch.strided:
-        raise ValueError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.device != x.device:
-        raise ValueError(f"{what} is on {t.device} but the input is on {x.device}")
-
-
-def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
-    """Validate a call; returns (x, bias, weights, Call, unbatched). Raises before any kernel."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    spec = resolve_op(op)
-    reduce = resolve_reduce(spec, reduce)
-    backends.registry.check_name(backend)
-    if not isinstance(padding_mode, str):
-        raise TypeError(f"padding_mode must be a string, got {type(padding_mode).__name__}")
-    if input.dtype not in _DTYPES:
-        raise ValueError(f"input dtype {input.dtype} is not supported; use float64, float32, float16 or bfloat16")
-    if input.layout != torch.strided:
-        raise ValueError(f"input must be a dense (strided) tensor, got layout {input.layout}")
-    unbatched = input.dim() == d + 1
-    if input.dim() not in (d + 1, d + 2):
-        raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
-                         f"got a {input.dim()}-D input of shape {tuple(input.shape)}")
-    x = input[None] if unbatched else input
-    if not isinstance(weights, dict):
-        raise TypeError(f"weights must be a dict name -> tensor, got {type(weights).__name__}")
-    missing = [n for n in spec.weight_names if n not in weights]
-    if missing:
-        raise ValueError(f"the op needs weight{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                         f"but weights has {sorted(weights) or 'none'}")
-    extra = [n for n in weights if n not in spec.weight_names]
-    if extra:
-        raise ValueError(f"weights {', '.join(map(repr, extra))} are not used by the op {spec.expr} "
-                         f"(its weights: {', '.join(spec.weight_names) or 'none'})")
-    if not spec.weight_names:
-        raise ValueError(f"the op {spec.expr} has no weights, so out_channels and the kernel size are unknown")
-    ws = {}
-    for n in spec.weight_names:
-        w = weights[n]
-        if isinstance(w, (int, float)) and not isinstance(w, bool):
-            w = torch.tensor(float(w), dtype=x.dtype, device=x.device)
-        if not isinstance(w, torch.Tensor):
-            raise TypeError(f"weight {n!r} must be a tensor or a number, got {type(w).__name__}")
-        _check_tensor(f"weight {n!r}", w, x)
-        if w.dim() > d + 2:
-            raise ValueError(f"weight {n!r} has {w.dim()} dims; conv{d}d weights have at most {d + 2} "
-                             f"(out_channels, in_channels/groups, *kernel)")
-        ws[n] = w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
-    try:
-        wshape = torch.broadcast_shapes(*(w.shape for w in ws.values()))
-    except RuntimeError:
-        raise ValueError("weights do not broadcast together: "
-                         + ", ".join(f"{n} {tuple(w.shape)}" for n, w in ws.items())) from None
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"bias must be a tensor or None, got {type(bias).__name__}")
-        _check_tensor("bias", bias, x)
-        if tuple(bias.shape) != (wshape[0],):
-            raise ValueError(f"bias must have shape ({wshape[0]},) (out_channels), got {tuple(bias.shape)}")
-    g = make_geometry(d, tuple(x.shape), tuple(wshape), stride, padding, dilation, groups, padding_mode)
-    call = backends.Call(spec, reduce, g, x.device, x.dtype)
-    return x, bias, ws, call, unbatched
-
-
 # Validated calls by signature: a training loop calls the same layer with the same shapes every
 # step, and validation (op lookup, broadcast_shapes, geometry, backend choice) costs more host time
 # than a small GPU conv takes to run. Everything prepare() checks is a function of the key.
 _PREPARED: dict = {}
+
+
 _PREPARED_MAX = 1024
 
 
@@ -185,24 +102,6 @@ def _signature(d, input, op, weights, bias, stride, padding, dilation, groups, r
             torch.are_deterministic_algorithms_enabled(), interpreting()), full
 
 
-def nothing_to_compute(call) -> bool:
-    """Meta tensors or zero input channels: no_kernel gives the output (eager and compiled routes)."""
-    return call.device.type == "meta" or call.geometry.in_channels == 0
-
-
-def no_kernel(x, bias, ws: dict, call) -> torch.Tensor:
-    """The output of a call that has nothing to compute, with no backend run: on the meta device
-    (shapes only: FSDP-style deferred initialisation, shape inference), and for zero input channels,
-    where torch's convolutions return an empty (N, 0, *out) output whatever out_channels is (a
-    deliberate torch convention: its meta kernel agrees). Output dtype = input dtype, as a backend's.
-    Every input enters through a zero-element slice, so autograd gives each a gradient of its own
-    shape (zeros, as torch's conv gives the weight and bias here) and never NaN from inf * 0."""
-    g = call.geometry
-    shape = (g.batch, g.out_channels if g.in_channels else 0) + tuple(g.out_size)
-    anchor = sum(t.narrow(0, 0, 0).sum().to(x.dtype) for t in (x, *ws.values(), *(() if bias is None else (bias,))))
-    return x.new_zeros(shape) + anchor
-
-
 def _runner(b, call, backend, x, bias, ws):
     """(x, bias, ws) -> y for a validated call: decompose's own runner (everything fixed per call
     decided once, specialized to these tensors' dtypes and shapes, which the cache key holds), else
@@ -213,7 +112,7 @@ def _runner(b, call, backend, x, bias, ws):
         return b.runner_for(call, x, bias, ws)
     if b.traceable:
         return lambda x, bias, ws: b.run(x, bias, ws, call)
-    return lambda x, bias, ws: library.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
+    return lambda x, bias, ws: calls.run_direct(b, x, bias, ws, call, lambda c: backends.select(backend, c))
 
 
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
@@ -222,8 +121,8 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
         return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                      padding_mode, backend)
     if transform_active():  # vmap / grad / jvp...: torch ops only, never the cached kernels (composite.py)
-        return composite.convnd(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
-                                padding_mode, backend)
+        return _transformed(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+                            padding_mode, backend)
     key, full = _signature(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
                            backend)
     try:
@@ -251,4 +150,18 @@ def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, gr
                 _PREPARED.clear()
             _PREPARED[key] = (call, run, unbatched, call.spec.weight_names, b.runner_for is not None)
     y = run(x, bias, ws)
+    return y[0] if unbatched else y
+
+
+def _transformed(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
+    """convnd under a torch.func transform (backends/composite.py): validated as always, never cached (the cached
+    runners are the fast kernels); the selected backend if it is torch ops only (decompose plans
+    stay native convolutions), else the composite path (a named "tiled" or "triton" too)."""
+    x, bias, ws, call, unbatched, b = calls.prepare_and_select(d, input, op, weights, bias, stride, padding,
+                                                                 dilation, groups, reduce, padding_mode, backend,
+                                                                 shown=op)
+    if b.pure:
+        y = b.run(x, bias, ws, call)
+    else:
+        y = calls.run_direct(composite.COMPOSITE, x, bias, ws, call, lambda c: composite.COMPOSITE)
     return y[0] if unbatched else y

@@ -32,9 +32,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, calls
 from .backends import composite
-from . import functional as _functional
+from .calls import _autocast_off, autocast_inputs, prepare_and_select
 from .ir import OpSpec, resolve_op, resolve_reduce
 from .plan import plan_for
 
@@ -46,59 +46,6 @@ def tracing() -> bool:
     """True under torch.compile (Dynamo) and torch.export (strict or not): take the compile route."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
-
-# ---------------------------------------------------------------------------------------- autocast
-
-_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu")
-
-
-def autocast_inputs(x: Tensor, bias, weights: dict):
-    """What autocast does to nn.ConvNd's inputs: floating tensors other than float64 are cast to
-    the autocast dtype (a float64 input stays float64). The backends then compute in float32 from
-    those low-precision values and return the low-precision dtype, as the native conv does."""
-    dev = x.device.type
-    if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev) or x.dtype == torch.float64:
-        return x, bias, weights
-    dt = torch.get_autocast_dtype(dev)
-
-    def cast(t):
-        return t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
-
-    return cast(x), cast(bias), {n: cast(w) for n, w in weights.items()}
-
-
-def _autocast_off(x: Tensor):
-    # Inside a backend the precision is the backend's (float32 accumulation): autocast must not
-    # re-cast its internal matmuls and reductions.
-    return torch.autocast(x.device.type, enabled=False) if x.device.type in _AUTOCAST_DEVICES \
-        else _Null()
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def run_direct(b, x, bias, ws: dict, call, select):
-    """Eager direct path: autocast casts, then the backend with autocast off. `select` re-picks the
-    backend when the cast changed the dtype (a backend may support one dtype and not another)."""
-    dev = x.device.type
-    if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev):
-        # autocast is off for x's device: nothing to cast, nothing to turn off (entering
-        # autocast(enabled=False) would cost more host time than a small conv's kernels)
-        return b.run(x, bias, ws, call)
-    x2, bias2, ws2 = autocast_inputs(x, bias, ws)
-    if x2.dtype != x.dtype:
-        call = backends.Call(call.spec, call.reduce, call.geometry, call.device, x2.dtype)
-        b = select(call)
-    with _autocast_off(x2):
-        return b.run(x2, bias2, ws2, call)
-
-
-# ----------------------------------------------------------------------------------- compile route
 
 @torch.compiler.assume_constant_result
 def _static(op, reduce) -> tuple:
@@ -153,18 +100,6 @@ def compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups
     return _traced(d, input, weights, () if bias is None else (bias,), text, names, reduce, geometry)
 
 
-def prepare_and_select(d, x, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
-                       backend, shown):
-    """functional.prepare and the backend choice, errors with the call's context (op shown as `shown`):
-    (x, bias, weights, call, unbatched, backend). For the calls that bypass convnd's cache."""
-    try:
-        xb, b, ws, call, unbatched = _functional.prepare(d, x, op, weights, bias, stride, padding, dilation,
-                                                         groups, reduce, padding_mode, backend)
-        return xb, b, ws, call, unbatched, backends.select(backend, call)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{err}{_functional._context(shown, x, weights)}") from None
-
-
 @_nonstrict
 def _traced(d, x, weights, bias, text, names, reduce, geometry):
     stride, padding, dilation, groups, padding_mode, backend = geometry
@@ -172,8 +107,8 @@ def _traced(d, x, weights, bias, text, names, reduce, geometry):
     bias = bias[0] if bias else None
     xb, b, ws, call, unbatched, be = prepare_and_select(d, x, spec, weights, bias, stride, padding, dilation, groups,
                                                         reduce, padding_mode, backend, shown=text)
-    if _functional.nothing_to_compute(call):
-        y = _functional.no_kernel(xb, b, ws, call)
+    if calls.nothing_to_compute(call):
+        y = calls.no_kernel(xb, b, ws, call)
     elif be.traceable:
         _warm(spec, reduce)
         y = be.run(xb, b, ws, call)
@@ -197,7 +132,7 @@ def _prepare(x, weights, bias, op, config):
     c = json.loads(config)
     spec = _spec(op, tuple(c["names"]), c["reduce"])
     padding = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
-    xb, b, ws, call, _ = _functional.prepare(c["d"], x, spec, dict(zip(c["names"], weights)), bias,
+    xb, b, ws, call, _ = calls.prepare(c["d"], x, spec, dict(zip(c["names"], weights)), bias,
                                               tuple(c["stride"]), padding, tuple(c["dilation"]), c["groups"],
                                               c["reduce"], c["padding_mode"], c["backend"])
     return xb, b, ws, call, c["backend"]

@@ -10,7 +10,7 @@ run here instead, never a normal training step:
   here from the saved tensors and differentiates it with create_graph=True, so the gradients are
   differentiable again, exactly.
 - a torch.func transform (vmap, grad, jacrev, jvp, hessian) or forward-mode AD is active:
-  functional.convnd hands the call to convnd() here; decompose plans still run as native convolutions (aten ops only).
+  functional.convnd runs composite_conv (or a pure backend) through functional._transformed; decompose plans still run as native convolutions (aten ops only).
 
 Cost: the whole (N, O, C/groups, K, P) taps tensor is materialized, like unfold + broadcast
 (docs/guide.md says so): memory is the price of exactness here.
@@ -42,7 +42,7 @@ def composite_conv(x, bias, weights: dict, call) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-# Not registered (not a choice under "auto"): library.run_direct takes a Backend for its autocast
+# Not registered (not a choice under "auto"): calls.run_direct takes a Backend for its autocast
 # handling.
 COMPOSITE = Backend("composite", lambda call: None, composite_conv, None, "the definition in torch ops")
 
@@ -78,19 +78,3 @@ def direct_backward(gy, x, wts, meta, needs, bias_dtype):
     if bias_dtype is not None and needs[1]:
         gb = gy.sum([0] + list(range(2, 2 + g.dims))).to(bias_dtype)
     return gx, gb, gws
-
-
-def convnd(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend):
-    """functional.convnd under a torch.func transform: validated as always, never cached (the cached
-    runners are the fast kernels); the selected backend if it is torch ops only (decompose plans
-    stay native convolutions), else the composite path (a named "tiled" or "triton" too)."""
-    from .. import library  # it imports this module
-
-    x, bias, ws, call, unbatched, b = library.prepare_and_select(d, input, op, weights, bias, stride, padding,
-                                                                 dilation, groups, reduce, padding_mode, backend,
-                                                                 shown=op)
-    if b.pure:
-        y = b.run(x, bias, ws, call)
-    else:
-        y = library.run_direct(COMPOSITE, x, bias, ws, call, lambda c: COMPOSITE)
-    return y[0] if unbatched else y
