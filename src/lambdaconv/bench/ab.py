@@ -41,6 +41,22 @@ def run_child(src: str, keys: list, cache: str, timeout: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def warm(src: str, keys: list, cache: str, n: int, timeout: int) -> None:
+    """Compile every kernel first, in n processes at once over slices of the cases (triton's cache
+    then serves both trees: their kernel sources hash the same when the generator is unchanged, and
+    a changed one compiles in its timed rounds, which only the first round's medians can see).
+    Their timings are thrown away: the processes share the GPU."""
+    procs = [subprocess.Popen([sys.executable, CHILD, *keys[i::n]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=settings.child_environ(PYTHONPATH=os.path.abspath(src), LAMBDACONV_CACHE=cache))
+             for i in range(n)]
+    for pr in procs:
+        try:
+            pr.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+    print(f"warm-up: {n} processes done", file=sys.stderr, flush=True)
+
+
 def _median(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
@@ -79,11 +95,14 @@ def main(argv=None):
     p.add_argument("--modes", default="fwd,fwdbwd")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--timeout", type=int, default=400, help="seconds per child process")
+    p.add_argument("--warm", type=int, default=0, help="compile first in this many processes at once (untimed)")
     p.add_argument("--out", help="write ab.json and ab.md here")
     a = p.parse_args(argv)
     keys = cases(a.ops.split(","), a.shapes.split(","), a.dtypes.split(","), a.modes.split(","))
     runs = {"old": [], "new": []}
     cache = os.path.join(settings.get().cache_dir or settings.default_cache_dir(), "ab")
+    if a.warm:
+        warm(a.new, keys, cache + "_warm", a.warm, a.timeout)
     for r in range(a.rounds):
         order = ("old", "new") if r % 2 == 0 else ("new", "old")
         for side in order:
