@@ -46,7 +46,7 @@ def warm(src: str, keys: list, cache: str, n: int, timeout: int) -> None:
     then serves both trees: their kernel sources hash the same when the generator is unchanged, and
     a changed one compiles in its timed rounds, which only the first round's medians can see).
     Their timings are thrown away: the processes share the GPU."""
-    procs = [subprocess.Popen([sys.executable, CHILD, *keys[i::n]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, CHILD, *keys[i::n]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=settings.child_environ(PYTHONPATH=os.path.abspath(src), LAMBDACONV_CACHE=cache))
              for i in range(n)]
     for pr in procs:
