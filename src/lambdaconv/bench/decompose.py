@@ -27,21 +27,25 @@ from . import cases, methods, study, timing
 DEFAULT_SHAPES = {"cpu": "N8C32O32H32k3", "cuda": "N16C64O64H56k3"}
 
 
+def plain_offset(x, a, b, bias, padding):
+    """The offset layer as plain torch ops: conv(x, A, bias - sum(A*B)), the constant by one baddbmm."""
+    o = a.shape[0]
+    bb = torch.baddbmm(bias.view(o, 1, 1), a.reshape(o, 1, -1), b.reshape(o, -1, 1), alpha=-1).view(o)
+    return F.conv2d(x, a, bb, padding=padding)
+
+
+def hand_offset(x, a, b, bias, padding):
+    """The hand rewrite of the offset layer: conv(x, A) - sum(A*B), plain torch ops."""
+    return F.conv2d(x, a, bias, padding=padding) - (a * b).sum((1, 2, 3)).view(1, -1, 1, 1)
+
+
 def variants(shape: cases.Shape) -> dict:
     """name -> fn(x, weights) over weights {A, B, bias}: nn.Conv2d and the offset / quadratic layers."""
     p = shape.p
-
-    def plain(x, ws):  # conv(x, A, bias - sum(A*B)) with the constant by one baddbmm
-        a, b, bias = ws["A"], ws["B"], ws["bias"]
-        o = a.shape[0]
-        bb = torch.baddbmm(bias.view(o, 1, 1), a.reshape(o, 1, -1), b.reshape(o, -1, 1), alpha=-1).view(o)
-        return F.conv2d(x, a, bb, padding=p)
-
     return {
         "nn.Conv2d": lambda x, ws: F.conv2d(x, ws["A"], ws["bias"], padding=p),
-        "hand offset": lambda x, ws: F.conv2d(x, ws["A"], ws["bias"], padding=p)
-        - (ws["A"] * ws["B"]).sum((1, 2, 3)).view(1, -1, 1, 1),
-        "plain offset": plain,
+        "hand offset": lambda x, ws: hand_offset(x, ws["A"], ws["B"], ws["bias"], p),
+        "plain offset": lambda x, ws: plain_offset(x, ws["A"], ws["B"], ws["bias"], p),
         "lc offset": lambda x, ws: lc.conv2d(x, "offset", {"A": ws["A"], "B": ws["B"]}, ws["bias"], padding=p),
         "lc quadratic": lambda x, ws: lc.conv2d(x, "quadratic", {"A": ws["A"], "B": ws["B"]}, ws["bias"], padding=p),
     }
