@@ -1,34 +1,40 @@
-"""`python -m lambdaconv.bench` end to end on a tiny shape, and its parsers and failure handling."""
+"""`python -m lambdaconv.bench` and its studies end to end on tiny shapes, the results table, and the
+parsers and failure handling."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lambdaconv.bench import cases, main, timing
+from lambdaconv.bench import cases, direct, main, report, study, timing
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = ["--device", "cpu", "--threads", "1", "--rounds", "2"]
 
 
-def _bench(tmp_path, *args):
-    # A child process: the CPU memory measurement fixes malloc's mmap threshold for the rest of
-    # the process, which would slow the other tests of this worker.
+def _python(code_or_args, timeout=180):
+    # A child process: the CPU memory measurement and steady_malloc fix malloc's thresholds for the
+    # rest of the process, which would slow the other tests of this worker.
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "lambdaconv.bench", "--device", "cpu", "--out", str(tmp_path),
-                        "--shapes", "N1C2O2H6k3", "--rounds", "2", *args],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, env=env, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
 
-def test_bench_rows_json_png(tmp_path):
-    out = _bench(tmp_path, "--quick", "--no-compile", "--ops", "offset,adder,dilation")
-    res = json.loads((tmp_path / "bench_cpu_fwd.json").read_text())
-    assert (tmp_path / "bench_cpu_fwd.png").stat().st_size > 1000
-    assert "| method |" in out and (tmp_path / "bench_cpu_fwd.md").exists()
+def _bench(tmp_path, *args):
+    return _python(["-m", "lambdaconv.bench", *TINY, "--out", str(tmp_path), "--shapes", "N1C2O2H6k3", *args])
+
+
+def test_compare_rows_table_png(tmp_path):
+    out = _bench(tmp_path, "--quick", "--no-compile", "--ops", "offset,adder,dilation", "--json",
+                 str(tmp_path / "run.json"))
+    res = json.loads((tmp_path / "run.json").read_text())
+    assert (tmp_path / "compare_cpu_fwd.png").stat().st_size > 1000
+    assert "| method |" in out
     by = {}
     for r in res["rows"]:
         assert "error" not in r, r
@@ -48,17 +54,96 @@ def test_bench_rows_json_png(tmp_path):
                 assert by[op][m]["rel_err"] < 1e-4 and by[op][m]["checked_against"] == "unfold"
     assert by["adder"]["unfold"]["vs_unfold"] == pytest.approx(1.0)
     assert res["meta"]["backward"] is False and res["meta"]["dtype"] == "float32"
-    # the table and plot again from the JSON alone (GPU results made where matplotlib is missing)
-    again = main(["--from-json", str(tmp_path / "bench_cpu_fwd.json"), "--out", str(tmp_path / "re")])
-    assert again["rows"] == res["rows"] and (tmp_path / "re" / "bench_cpu_fwd.png").exists()
+    table = report.read_table(str(tmp_path / report.TABLE))
+    assert len(table) == len(res["rows"]) and {r["study"] for r in table} == {"compare"}
+    row = next(r for r in table if r["method"] == "lambdaconv (tiled)" and r["op"] == "adder (sum)")
+    assert row["vs"] == "unfold" and float(row["ms"]) > 0 and row["mode"] == "fwd" and row["date"] and row["commit"]
+    # the plot again from the JSON alone (GPU results made where matplotlib is missing)
+    again = main(["--from-json", str(tmp_path / "run.json"), "--plot", str(tmp_path / "re.png")])
+    assert again["rows"] == res["rows"] and (tmp_path / "re.png").exists()
 
 
-def test_bench_backward_with_compile(tmp_path):
-    _bench(tmp_path, "--backward", "--ops", "x+W:max", "--methods", "lambdaconv,compile", "--no-memory")
-    rows = json.loads((tmp_path / "bench_cpu_fwdbwd.json").read_text())["rows"]
+def test_compare_backward_with_compile(tmp_path):
+    _bench(tmp_path, "--backward", "--ops", "x+W:max", "--methods", "lambdaconv,compile", "--no-memory",
+           "--json", str(tmp_path / "r.json"))
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["lambdaconv", "compile"]
     assert all(r["ms"] > 0 and "error" not in r for r in rows), rows
     assert rows[1]["rel_err"] < 1e-4
+    assert (tmp_path / "compare_cpu_fwdbwd.png").exists()
+
+
+_STUDIES = """
+import sys
+from lambdaconv.bench import main
+out, tiny = sys.argv[1], ["--threads", "1", "--rounds", "2", "--out", sys.argv[1], "--device", "cpu"]
+main(["decompose", "--shape", "N1C2O2H6k3", "--backward", *tiny])
+main(["decompose", "--terms", "--shape", "N1C2O2H6k3", *tiny])
+main(["direct", "--shapes", "N1C2O2H6k3", "--ops", "adder", "--no-peers", "--settings", "tile_elements=64", *tiny])
+main(["host", "--rounds", "2", *tiny])
+main(["kernels", "--shape", "N1C2O2H6k3", "--top", "2", "--settings", "", "--settings", "tile_elements=64", *tiny])
+"""
+
+
+def test_studies_on_cpu(tmp_path):
+    """Every study's CPU path, each appending its rows to one table."""
+    path = tmp_path / report.TABLE
+    path.write_text(report._PREAMBLE + report.table([{"study": "older", "method": "kept", "ms": 1.0}], {}))
+    _python(["-c", _STUDIES, str(tmp_path)])
+    rows = report.read_table(str(path))
+    assert rows[0]["study"] == "older" and rows[0]["method"] == "kept"  # old rows stay, first
+    by = {}
+    for r in rows[1:]:
+        by.setdefault(r["study"], []).append(r)
+    assert set(by) == {"decompose", "decompose terms", "direct", "host", "kernels"}
+    dec = {r["method"]: r for r in by["decompose"]}
+    assert set(dec) == {"nn.Conv2d", "hand offset", "plain offset", "lc offset", "lc quadratic"}
+    assert all(float(r["ms"]) > 0 and r["vs"] == "nn.Conv2d" and r["mode"] == "fwd+bwd" for r in dec.values())
+    assert {r["method"] for r in by["decompose terms"]} >= {"decompose", "tiled"}
+    assert {(r["mode"], r["method"]) for r in by["direct"]} == {
+        (m, n) for m in ("fwd", "fwd+bwd") for n in ("lambdaconv", "lambdaconv [tile_elements=64]")}
+    assert len(by["host"]) == 2 * 2 * 5 and all(float(r["ms"]) > 0 for r in by["host"])  # dtypes x modes x layers
+    calls = [r for r in by["kernels"] if r["method"].startswith("call")]
+    assert [c["method"] for c in calls] == ["call [default settings]", "call [tile_elements=64]"]
+    assert len(by["kernels"]) == 2 + 2 * 2
+
+
+def test_sass_without_gpu(tmp_path):
+    pytest.importorskip("triton.experimental.gluon")
+    out = _python(["-m", "lambdaconv.bench", "sass", "--kernel", "fwd", "--out", str(tmp_path)])
+    assert "instructions per tap" in out
+    (row,) = report.read_table(str(tmp_path / report.TABLE))
+    assert row["study"] == "sass" and "instructions per tap" in row["note"] and row["device"].startswith("sm_90")
+
+
+def test_table_append_keeps_rows(tmp_path):
+    meta = {"date": "2026-01-01", "commit": "abc1234", "device": "dev"}
+    report.append(str(tmp_path), [{"study": "a", "method": "m|1", "ms": 1.23456, "ratio": 0.5}], meta)
+    report.append(str(tmp_path), [{"study": "b", "ms": None, "note": "two\nlines"}], dict(meta, commit="def5678"))
+    text = (tmp_path / report.TABLE).read_text()
+    assert text.count("| date |") == 1 and text.startswith("# lambdaconv benchmark results")
+    rows = report.read_table(str(tmp_path / report.TABLE))
+    assert [(r["study"], r["commit"], r["method"], r["ms"], r["note"]) for r in rows] == [
+        ("a", "abc1234", "m/1", "1.235", ""), ("b", "def5678", "", "", "two lines")]
+    assert report.commit() != ""
+
+
+def test_settings_and_sweep_configs():
+    assert study.parse_settings("gluon_bwd=1, gluon_fwd_maxnreg=80,tune=0") == {
+        "gluon_bwd": "1", "gluon_fwd_maxnreg": 80, "tune": False}
+    assert study.parse_settings("") == {}
+    for bad in ("nonsense=1", "gluon_bwd", "gluon_fwd_maxnreg=x"):
+        with pytest.raises(ValueError):
+            study.parse_settings(bad)
+    gluon = SimpleNamespace(CONFIGS=[(1, 2), (3, 4, 4), (5, 6)])
+    staged = SimpleNamespace(is_staged=lambda c: len(c) == 3)
+    args = SimpleNamespace(configs="0,2", extra="7,8,9;", staged_only=False)
+    assert direct._configs(args, gluon, staged) == [(1, 2), (5, 6), (7, 8, 9)]
+    args = SimpleNamespace(configs=None, extra=None, staged_only=True)
+    assert direct._configs(args, gluon, staged) == [(3, 4, 4)]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs --device cuda"):
+            direct.main(["--sweep", "--device", "cpu"])
 
 
 def test_shape_syntax():

@@ -1,38 +1,44 @@
-"""`python -m lambdaconv.bench`: argument parsing and the run (what is timed against what)."""
+"""`python -m lambdaconv.bench [STUDY]`: the studies, and the default one ("compare": what is timed
+against what, argument parsing and the run)."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 
 import torch
 
-from . import cases, methods, report, timing
+from . import cases, methods, report, study, timing
 
-# fp32 taps per second an H100 can do with 2 CUDA-core instructions per tap: 33e12 instructions/s
-# (65.7 TFLOPS of FMA chains, measured; /shared/anchors) / 2. See docs/guide.md.
-ROOFLINE_TAPS_PER_S = 16.4e12
 CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
+# the studies besides "compare": name -> (module, what it measures)
+STUDIES = {
+    "decompose": ("decompose", "separable ops (offset, quadratic) against nn.Conv2d; --terms: the term threshold"),
+    "direct": ("direct", "direct ops vs peers: fwd, fwd GPU work, fwd+bwd; --sweep: the Gluon forward configs"),
+    "host": ("host", "host time per call of tiny layers against nn.Conv2d"),
+    "kernels": ("kernels", "per-kernel times of one call under settings; --ncu: a driver for Nsight Compute"),
+    "sass": ("sass", "instructions per tap of a generated Gluon kernel (compiled for sm_90, no GPU needed)"),
+}
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lambdaconv.bench",
         description="Time lambdaconv against nn.Conv2d, unfold+broadcast, torch.compile, cdist and "
-                    "pytorch-nd-semiconv in one run; prints a markdown table, writes JSON and a PNG.",
+                    "pytorch-nd-semiconv in one run (the default study, also `compare`); prints a markdown "
+                    "table, appends it to the results table and plots it. Other studies: "
+                    + "; ".join(f"`{k}`: {v[1]}" for k, v in STUDIES.items())
+                    + " (`python -m lambdaconv.bench STUDY -h`).",
         epilog=cases.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--quick", action="store_true", help="fewer ops, a smaller shape, fewer rounds (<1 min on 2 cores)")
     p.add_argument("--ops", help=f"comma list of presets or op strings[:reduce] (default {cases.DEFAULT_OPS!r}; "
                                  f"--quick: {cases.QUICK_OPS!r})")
     p.add_argument("--shapes", help="comma list like N8C32O32H32k3 (default per device; see below)")
-    p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
+    p.add_argument("--dtype", default="float32", choices=list(study.DTYPES))
     p.add_argument("--backward", action="store_true", help="time forward + backward instead of the forward")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 10; CUDA 20; --quick 5)")
     p.add_argument("--methods", default=",".join(methods.ALL),
@@ -43,10 +49,13 @@ def parser() -> argparse.ArgumentParser:
                    help="CPU: keep glibc's adaptive malloc thresholds (default: fixed, see timing.steady_malloc)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is steadier on a shared machine)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN/cuBLAS (default off: fp32 is fp32)")
-    p.add_argument("--roofline", type=float, default=ROOFLINE_TAPS_PER_S,
+    p.add_argument("--roofline", type=float, default=timing.ROOFLINE_TAPS_PER_S,
                    help="CUDA-core taps/s for the roofline column (default: H100, 2 instructions per tap)")
     p.add_argument("--note", help="a line about the conditions (e.g. '2 cores shared with other jobs') for the report")
-    p.add_argument("--out", help="directory for bench_<device>_<fwd|fwdbwd>.{json,md,png}")
+    p.add_argument("--out", help="append the rows to DIR/results.md and plot them to DIR/compare_<cpu|cuda>_"
+                                 "<fwd|fwdbwd>.png (--plot names another file)")
+    p.add_argument("--plot", help="the PNG's path (default: in --out, as above)")
+    p.add_argument("--json", help="also write the full result (every field of every row) to this JSON file")
     p.add_argument("--from-json", nargs="+", metavar="JSON",
                    help="measure nothing: merge these result files into one table and plot (e.g. runs made "
                         "where matplotlib is not installed, or split into several runs)")
@@ -63,11 +72,7 @@ def _progress(total: int):
 
 
 def _meta(args, device, dtype) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    meta = {"device": str(device), "device_name": name, "torch": torch.__version__, "python": sys.version.split()[0],
+    meta = {"device": str(device), "device_name": report.device_name(device), "torch": torch.__version__, "python": sys.version.split()[0],
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "dtype": args.dtype,
             "backward": args.backward, "rounds": args.rounds, "tf32": args.tf32,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m lambdaconv.bench " + shlex.join(args.argv),
@@ -154,15 +159,8 @@ def _recompile_room(groups: int):
 
 
 def run(args) -> dict:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available")
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = args.tf32
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = _DTYPES[args.dtype]
+    device = study.setup(args)
+    dtype = study.DTYPES[args.dtype]
     dev = "cuda" if device.type == "cuda" else "cpu"
     ops = cases.parse_ops(args.ops or (cases.QUICK_OPS if args.quick else cases.DEFAULT_OPS))
     shapes = cases.parse_shapes(args.shapes or (cases.QUICK_SHAPES if args.quick else cases.DEFAULT_SHAPES)[dev])
@@ -247,27 +245,62 @@ def merge(paths) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def table_rows(res: dict) -> list:
+    """The compare run's rows as rows of the results table (ratio: against unfold + broadcast)."""
+    meta, out = res["meta"], []
+    for r in res["rows"]:
+        note = r.get("error") or r.get("note", "")
+        if r.get("roofline") is not None:
+            note = f"{100 * r['roofline']:.0f}% of roofline" + (f"; {note}" if note else "")
+        if r.get("rel_err") is not None and r["rel_err"] > meta["check_tol"]:
+            note = (note + "; " if note else "") + f"MISMATCH: rel err {r['rel_err']:.2g} vs {r['checked_against']}"
+        method = r["method"] + (f" ({r['backend']})" if r["method"] == "lambdaconv" and r.get("backend") else "")
+        row = {"study": "compare", "op": f"{r['op']} ({r['reduce']})", "shape": r["shape"],
+               "mode": "fwd+bwd" if meta["backward"] else "fwd", "method": method, "dtype": meta["dtype"],
+               "ms": r.get("ms"), "MiB": r.get("peak_mib"), "note": note}
+        if r.get("vs_unfold"):
+            row.update(vs="unfold", ratio=1 / r["vs_unfold"])
+        out.append(row)
+    return out
+
+
+def compare(argv) -> dict:
     args = parser().parse_args(argv)
     args.argv = argv
     try:
         res = merge(args.from_json) if args.from_json else run(args)
     except ValueError as err:  # a bad --ops / --shapes
         raise SystemExit(f"error: {err}")
-    md = report.markdown(res)
-    print(md)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"bench_{res['meta']['device'].split(':')[0]}_"
-                                      f"{'fwdbwd' if res['meta']['backward'] else 'fwd'}")
-        report.write_json(res, stem + ".json")
-        with open(stem + ".md", "w") as fh:
-            fh.write(md)
-        wrote = [stem + ".json", stem + ".md"]
-        if report.plot(res, stem + ".png"):
-            wrote.append(stem + ".png")
+    print(report.markdown(res))
+    meta = res["meta"]
+    wrote = []
+    if args.json:
+        report.write_json(res, args.json)
+        wrote.append(args.json)
+    if args.out and not args.from_json:
+        rows = table_rows(res)
+        if args.note:
+            for r in rows:
+                r["note"] = f"{r['note']}; {args.note}" if r["note"] else args.note
+        wrote.append(report.append(args.out, rows, report.run_meta(meta["device"])))
+    plot = args.plot or (args.out and os.path.join(
+        args.out, f"compare_{meta['device'].split(':')[0]}_{'fwdbwd' if meta['backward'] else 'fwd'}.png"))
+    if plot:
+        if report.plot(res, plot):
+            wrote.append(plot)
         else:
             print("matplotlib is not installed: no PNG (pip install matplotlib)")
+    if wrote:
         print("wrote " + ", ".join(wrote))
     return res
+
+
+def main(argv=None):
+    """`python -m lambdaconv.bench [STUDY] [options]`: STUDY is compare (the default) or one of STUDIES."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "compare":
+        argv = argv[1:]
+    elif argv and argv[0] in STUDIES:
+        mod = importlib.import_module(f".{STUDIES[argv[0]][0]}", __package__)
+        return mod.main(argv[1:])
+    return compare(argv)

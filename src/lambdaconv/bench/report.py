@@ -1,9 +1,105 @@
-"""Benchmark results as a markdown table, JSON, and a PNG bar chart (matplotlib, Agg backend)."""
+"""Benchmark results: the results table every study appends to, the compare run's markdown report
+and JSON, and its PNG bar chart (matplotlib, Agg backend).
+
+The results table (DIR/results.md, `--out DIR`) is one markdown table; every run appends its rows,
+each with the run's date, commit, device and versions, and never rewrites the rows already there.
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
+import platform
+import subprocess
+import time
+
+import torch
+
+TABLE = "results.md"
+COLUMNS = ("date", "commit", "device", "torch", "triton", "study", "op", "shape", "mode", "method", "dtype",
+           "ms", "vs", "ratio", "MiB", "note")
+_PREAMBLE = """# lambdaconv benchmark results
+
+One row per measurement, appended by `python -m lambdaconv.bench [STUDY] --out benchmarks/results`.
+`ms`: median over interleaved rounds (a CUDA call includes its host time; mode "... GPU work" is
+the calls replayed from a CUDA graph); `ratio`: ms / the ms of the `vs` row of the same run (< 1:
+faster); `MiB`: peak memory of one call. `commit` ends in "-dirty" when the tree had changes.
+docs/perf_notes.md reads these figures.
+
+"""
+
+
+def commit() -> str:
+    """The checkout's commit (short hash, "-dirty" with uncommitted changes), or "unknown"."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                           text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    n = torch.get_num_threads()
+    return f"CPU {platform.processor() or platform.machine()}, {n} thread{'s' if n > 1 else ''}"
+
+
+def run_meta(device) -> dict:
+    """The columns every row of one run shares."""
+    try:
+        import triton
+        tv = triton.__version__
+    except ImportError:
+        tv = ""
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "commit": commit(), "device": device_name(device),
+            "torch": torch.__version__.split("+")[0], "triton": tv}
+
+
+def _cell(key, v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if key == "ms":
+        return f"{v:.4g}"
+    if key == "ratio":
+        return f"{v:.3g}"
+    if key == "MiB":
+        return f"{v:.1f}"
+    return str(v).replace("|", "/").replace("\n", " ")
+
+
+def table(rows: list, meta: dict, header: bool = True) -> str:
+    """Rows (dicts with some of COLUMNS; meta fills the rest) as markdown table lines."""
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in ("ms", "ratio", "MiB") else "---"
+                                                            for c in COLUMNS) + "|"] if header else []
+    for r in rows:
+        out.append("| " + " | ".join(_cell(c, r.get(c, meta.get(c))) for c in COLUMNS) + " |")
+    return "\n".join(out) + "\n"
+
+
+def append(out_dir: str, rows: list, meta: dict) -> str:
+    """Append rows to out_dir/results.md (made with its preamble and header when missing); its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, TABLE)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a") as fh:
+        if new:
+            fh.write(_PREAMBLE)
+        fh.write(table(rows, meta, header=new))
+    return path
+
+
+def read_table(path: str) -> list:
+    """The rows of a results table as dicts of strings (tests, scripts)."""
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("| ") and not line.startswith("| date |"):
+                cells = [c.strip() for c in line.strip()[1:-1].split("|")]
+                rows.append(dict(zip(COLUMNS, cells)))
+    return rows
 
 
 def _fmt_ms(v) -> str:

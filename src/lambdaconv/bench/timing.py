@@ -14,6 +14,11 @@ freed and show no growth: CpuPeak fixes the threshold at 128 KiB, so that every 
 that is mapped on allocation and unmapped on free, and trims the heap (malloc_trim) before each
 measurement, so that blocks freed before that are given back too. Mapping on every allocation
 slows allocation, so CPU memory is measured after all timing is done.
+
+GPU work: `gpu_work` times CUDA graphs of the calls, replayed with the same interleaved rounds: the
+kernels' time without the host's (Python, launches), which differs between machines of one kind.
+
+The roofline: ROOFLINE_TAPS_PER_S is what every study divides by (docs/perf_notes.md).
 """
 from __future__ import annotations
 
@@ -24,6 +29,11 @@ import time
 from typing import Callable, Optional
 
 import torch
+
+# fp32 taps per second an H100 can do with 2 CUDA-core instructions per tap (the floor of adder
+# and max-plus): 65.7 TFLOPS of fp32 FMA chains measured on an H100 = 33e12 instructions/s, / 2.
+# The one roofline constant of the benchmarks (--roofline changes it).
+ROOFLINE_TAPS_PER_S = 16.4e12
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -186,3 +196,36 @@ def cuda_graph(fn: Callable, calls: int = 1, warmup: int = 3):
         for _ in range(calls):
             out = fn()
     return graph, out
+
+
+def gpu_work(fns: dict, rounds: int, device, calls: int = 10, tick: Optional[Callable] = None):
+    """As `interleaved`, for the GPU work of each fn alone: `calls` calls captured in a CUDA graph,
+    the replays timed round-robin, the time divided by `calls`. A fn that cannot be captured gets an
+    error. Capture happens here, so settings a fn depends on must be in force when this is called
+    (sweeps capture each config under its own settings, then time all of them together)."""
+    graphs, errors = {}, {}
+    for name, fn in fns.items():
+        try:
+            graphs[name] = cuda_graph(fn, calls)[0]
+        except Exception as err:
+            errors[name] = "not capturable: " + describe(err)
+            torch.cuda.synchronize(device)
+    times, more = replay(graphs, rounds, device, calls, tick)
+    return times, {**errors, **more}
+
+
+def replay(graphs: dict, rounds: int, device, calls: int = 10, tick: Optional[Callable] = None):
+    """(median, min) seconds per captured call of each CUDA graph, replays timed as `interleaved`."""
+    times, errors = interleaved({n: g.replay for n, g in graphs.items()}, rounds, device, tick=tick)
+    return {n: (med / calls, best / calls) for n, (med, best) in times.items()}, errors
+
+
+def warm_gpu(device, seconds: float = 2.0) -> None:
+    """Busy the GPU for a while before timing: the first rows are measured at idle clocks otherwise
+    (an adder forward measured 0.330 ms first, 0.218 one row later)."""
+    a = torch.randn(4096, 4096, device=device)
+    t = time.time()
+    while time.time() - t < seconds:
+        for _ in range(20):
+            a @ a
+        _sync(device)
