@@ -7,7 +7,8 @@ operands of the next instruction on NVIDIA GPUs and cost nothing; exp, log, sin,
 division run on the special-function units (MUFU), 16 per SM and clock against 128 for the FMA
 pipes. The floor is the larger of the arithmetic time at those rates and the time to move each
 input and output once at memory bandwidth. The GPU constants are an H100 SXM's, measured on this
-project's machines (docs/perf_notes.md): 33e12 fp32 CUDA-core instructions/s, 4.2e12 MUFU ops/s,
+project's machines (docs/perf_notes.md): 32.8e12 fp32 CUDA-core instructions/s (65.7 TFLOPS of FMA
+chains), an eighth of that in MUFU ops/s,
 3.0e12 bytes/s of copy bandwidth. bench reports the roofline from the same constants.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from .ir import topo_order
 
-CUDA_CORE_PER_S = 33.0e12  # fp32 instructions per second, all CUDA cores of an H100 SXM (1.98 GHz, 132 SMs)
+CUDA_CORE_PER_S = 32.8e12  # fp32 instructions per second, all CUDA cores of an H100 SXM (measured FMA chains)
 MUFU_PER_S = CUDA_CORE_PER_S / 8  # special-function units: 16 lanes per SM and clock
 BYTES_PER_S = 3.0e12  # device-to-device copy bandwidth of an H100, read + write
 FREE = {"neg", "abs"}  # operand modifiers

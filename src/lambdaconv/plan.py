@@ -15,7 +15,8 @@ from .ir.sympy_bridge import separate
 
 # Most stacked terms a decomposition may have. The conv then does MAX_TERMS times the
 # multiply-adds of a plain conv, and each term costs a pass over the input. Measured
-# (benchmarks/results/decompose_cpu_terms.json, CPU, 2 threads, N8 C32 O32 32x32 k3, forward):
+# (`python -m lambdaconv.bench decompose --terms`, benchmarks/results/results.md; CPU, 2 threads,
+# N8 C32 O32 32x32 k3, forward):
 # the direct (tiled) path's cost grows with the op's size too, so long polynomials sum_j A_j x**j
 # stay 18-36x faster decomposed up to 48 terms; the worst case is a compact op with a long
 # expansion, (x*A + 1)**p: decompose costs ~0.7 ms per term, tiled ~83 ms whatever p (45x faster

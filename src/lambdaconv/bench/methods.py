@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 import lambdaconv as lc
+from .. import reductions
 from ..backends import registry
-from ..functional import prepare
+from ..calls import prepare
 from ..ir import evaluate
 from .cases import OpCase, Shape
 
@@ -39,13 +40,6 @@ LAMBDAS = {
     "sigmoid(A*x)*B": lambda x, A, B: torch.sigmoid(A * x) * B,
 }
 
-_REDUCE = {
-    "sum": lambda t, dim: t.sum(dim),
-    "mean": lambda t, dim: t.mean(dim),
-    "max": lambda t, dim: t.amax(dim),
-    "min": lambda t, dim: t.amin(dim),
-    "logsumexp": lambda t, dim: t.logsumexp(dim),
-}
 
 
 @dataclass
@@ -76,7 +70,10 @@ def _geometry_args(shape: Shape) -> dict:
 def unfold_conv(case: OpCase, shape: Shape) -> Callable:
     """The op by unfold + broadcast + reduce, in plain torch ops (zero padding, as lambdaconv's
     padding_mode="zeros": a padded tap holds x = 0 and still goes through the op)."""
-    red = _REDUCE[case.reduce]
+    rec = reductions.get(case.reduce)
+
+    def red(t, dim):  # the reduction's torch definition, over every tap of the window
+        return rec.reference(t, dim, torch.tensor(t.shape[dim]))
     expr, k, g = case.spec.expr, shape.k, shape.g
 
     def conv(x, ws):

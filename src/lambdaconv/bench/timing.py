@@ -30,10 +30,13 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import cost
+
 # fp32 taps per second an H100 can do with 2 CUDA-core instructions per tap (the floor of adder
-# and max-plus): 65.7 TFLOPS of fp32 FMA chains measured on an H100 = 33e12 instructions/s, / 2.
-# The one roofline constant of the benchmarks (--roofline changes it).
-ROOFLINE_TAPS_PER_S = 16.4e12
+# and max-plus): the performance model's instruction rate (lambdaconv.cost: 65.7 TFLOPS of fp32 FMA
+# chains measured on an H100 = 32.8e12 instructions/s), / 2. The one roofline constant of the
+# benchmarks (--roofline changes it).
+ROOFLINE_TAPS_PER_S = cost.CUDA_CORE_PER_S / 2
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 

@@ -10,7 +10,7 @@ register cap, the weight gradient here took 0.80 ms against the portable 1.25, t
 |x - w|-type terms accumulate by predicated adds (gradcode.branches, _sgn_acc): weight gradient
 0.73 ms, input gradient 0.49 (portable 0.575). By default (settings.gluon_bwd="auto") the weight
 gradient of one-weight ops and the input gradient where those adds apply run here; "1" runs both
-for every sum-type op, "0" neither. `python benchmarks/sass.py --kernel gw` counts their loops. Here:
+for every sum-type op, "0" neither. `python -m lambdaconv.bench sass --kernel gw` counts their loops. Here:
 
 - _bwd_x_gluon: gx[m, c] = sum over (tap t, out channel o) of gs[m, o, t] * d op/dx(x[m, c], w[o, c, t]),
   an implicit GEMM laid out as the forward (3-D layout [BLOCK_M, BLOCK_K, BLOCK_C], K = out

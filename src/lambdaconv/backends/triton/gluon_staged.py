@@ -12,7 +12,7 @@ is loaded into registers before step s's taps and stored after them), and each t
 BLOCK_K rank-1 updates of a [TM, TN] accumulator tile from its TM x values and TN weights, read
 with vector shared loads. Per k: TM * TN taps (2 instructions each for adder / max-plus) against
 two or three shared loads; the copy's global loads, stores and barrier are once per BLOCK_K k's
-(sass.py: adder 2.31 instructions per tap at 4 x 8, 72 registers, no spills). Zero padding is done
+(`python -m lambdaconv.bench sass`: adder 2.31 instructions per tap at 4 x 8, 72 registers, no spills). Zero padding is done
 here: a tap outside the input is a masked load of 0 (one test per row and K step), so the input
 is not padded first. K slices (KS > 1): KS warp groups take different channels of a step and
 their accumulators are summed at the end, more warps where the grid has few programs (N16 C256
