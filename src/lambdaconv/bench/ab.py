@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from .. import settings
+from . import report
 
 OPS = ["adder", "dilation", "sigmoid(A*x)*B", "x+W:logsumexp"]
 SHAPES = {"N16C64O64H56k3": (16, 64, 64, 56, 3), "N16C256O256H14k3": (16, 256, 256, 14, 3)}
@@ -75,6 +76,24 @@ def table(keys, runs: dict) -> list:
     return rows
 
 
+def table_rows(rows, baseline: str, rounds: int) -> list:
+    """Rows for the results table (report.append): each case's old and new medians, call and GPU work."""
+    out = []
+    for k, oc, nc, rc, og, ng, rg in rows:
+        op, reduce, shape, dtype, mode = k.split("|")
+        n, c, o, h, kk = shape.split(",")
+        base = {"study": "ab", "op": f"{op} ({reduce or 'default'})", "shape": f"N{n}C{c}O{o}H{h}k{kk}",
+                "dtype": dtype}
+        for what, old, new, ratio in (("", oc, nc, rc), (" GPU work", og, ng, rg)):
+            m = ("fwd" if mode == "fwd" else "fwd+bwd") + what
+            if old is None or new is None:
+                continue
+            note = f"median of {rounds} rounds, old and new trees alternating"
+            out.append(dict(base, mode=m, method=baseline, ms=old, note=note))
+            out.append(dict(base, mode=m, method="this tree", ms=new, vs=baseline, ratio=ratio, note=note))
+    return out
+
+
 def markdown(rows) -> str:
     f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     lines = ["| case (op, reduce, N,C,O,H,k, dtype, pass) | old call ms | new call ms | new/old | "
@@ -97,6 +116,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=400, help="seconds per child process")
     p.add_argument("--warm", type=int, default=0, help="compile first in this many processes at once (untimed)")
     p.add_argument("--out", help="write ab.json and ab.md here")
+    p.add_argument("--table", help="append the rows to DIR/results.md too (e.g. benchmarks/results)")
+    p.add_argument("--label", default="baseline", help="the baseline's name in the table (e.g. its commit)")
     a = p.parse_args(argv)
     keys = cases(a.ops.split(","), a.shapes.split(","), a.dtypes.split(","), a.modes.split(","))
     runs = {"old": [], "new": []}
@@ -112,6 +133,9 @@ def main(argv=None):
         if len(runs["old"]) == len(runs["new"]):
             rows = _write(a.out, keys, runs)  # after every full round: a cut-off run keeps what it measured
     print(markdown(rows))
+    if a.table:
+        import torch
+        report.append(a.table, table_rows(rows, a.label, a.rounds), report.run_meta(torch.device("cuda")))
     return rows
 
 
