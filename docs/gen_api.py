@@ -115,6 +115,18 @@ def render() -> str:
     lines += ["", f"`lc.REDUCES`: {', '.join(lc.REDUCES)}", "",
               f"`lc.PADDING_MODES`: {', '.join(lc.PADDING_MODES)}", ""]
 
+    lines += ["## Settings", "", _doc(lc.settings), ""]
+    for name in ("get", "override", "reload"):
+        lines += _entry(f"lc.settings.{name}", getattr(lc.settings, name))
+
+    lines += ["## Reductions", "", _doc(lc.reductions), "", "| name | identity | backward | kernel dialects | what |",
+              "|---|---|---|---|---|"]
+    for r in lc.reductions.all_records():
+        lines.append(f"| `{r.name}` | {r.identity} | {r.backward} | {', '.join(r.code) or 'none'} | {r.doc} |")
+    lines.append("")
+    for name in ("Reduction", "register", "get", "names"):
+        lines += _entry(f"lc.reductions.{name}", getattr(lc.reductions, name))
+
     lines += ["## Backends", "", _doc(backends), "", "Registered backends, in registration order:", "",
               "| name | priority under \"auto\" | what |", "|---|---|---|"]
     for name in registry.names()[1:]:
