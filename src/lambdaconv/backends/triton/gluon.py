@@ -16,6 +16,7 @@ an API change, an old GPU), runs the portable kernel; a compile failure warns on
 """
 from __future__ import annotations
 
+import collections
 import functools
 import warnings
 from typing import NamedTuple
@@ -369,7 +370,7 @@ _failed = set()
 _modules: dict = {}
 _chosen: dict = {}
 _fast: dict = {}  # forward(): (id(mod), id(kw), rows bucket, cg, settings, id(CONFIGS)) -> (kw, mod, config)
-TUNE_LOG: list = []  # every tuning decision: candidates and their times (benchmarks print it)
+TUNE_LOG = collections.deque(maxlen=256)  # the latest tuning decisions: candidates, times (benchmarks print it)
 
 
 @functools.lru_cache(maxsize=None)
