@@ -14,19 +14,19 @@ import math
 
 from . import calls, cost
 from .backends import registry
-from .ir import resolve_op, resolve_reduce
+from .ir import resolve_op, resolve_reduce, with_grad
 from .plan import Plan, plan_for
 
 
 def explain(op, reduce=None, *, input=None, weights=None, bias=None, stride=1, padding=0, dilation=1, groups=1,
-            padding_mode="zeros", backend="auto", dims=None) -> Plan:
+            padding_mode="zeros", backend="auto", dims=None, grad=None) -> Plan:
     """How lambdaconv will run `op` with `reduce`: plan.strategy is "decompose" or "direct".
 
     With `input` and `weights` (and the conv's other arguments, as lc.conv1d/2d/3d take them) the
     plan also names the backend that runs the call, its kernels and their configs, and the
     forward's cost from the performance model (lambdaconv.cost: taps, operations per tap, bytes,
-    the floor and what bounds it). `dims` (1, 2 or 3) is read from the weights' rank when not given."""
-    spec = resolve_op(op)
+    the floor and what bounds it). `grad`: overridden partials, as conv2d takes them. `dims` (1, 2 or 3) is read from the weights' rank when not given."""
+    spec = with_grad(resolve_op(op), grad)
     plan = plan_for(spec, resolve_reduce(spec, reduce))
     if input is None and weights is None:
         return plan
@@ -36,7 +36,7 @@ def explain(op, reduce=None, *, input=None, weights=None, bias=None, stride=1, p
     d = dims if dims is not None else wdim - 2 if wdim >= 3 else input.dim() - 2
     if d not in (1, 2, 3):
         raise ValueError(f"explain: cannot tell 1-, 2- or 3-d from input {tuple(input.shape)} and the weights")
-    x, b, ws, call, _ = calls.prepare(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
+    x, b, ws, call, _ = calls.prepare(d, input, spec, weights, bias, stride, padding, dilation, groups, reduce,
                                            padding_mode, backend)
     be = registry.select(backend, call)
     kernels = tuple(be.describe(call)) if be.describe is not None else ()

@@ -11,19 +11,20 @@ from . import backends, calls, library
 from .backends import composite
 from .backends.composite import transform_active
 from .calls import _context, no_kernel, nothing_to_compute, prepare  # noqa: F401 (prepare: public for tests)
-from .ir import resolve_op
+from .ir import resolve_op, with_grad
 from .settings import interpreting
 
 def conv1d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto"):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None):
     """1-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     See conv2d; weights broadcast to (out_channels, in_channels/groups, kL)."""
-    return convnd(1, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+    return convnd(1, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
+                  grad)
 
 
 def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto"):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None):
     """2-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     y[n, o, p] = REDUCE over (c in o's group, k in window) of
@@ -41,6 +42,10 @@ def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
         padding_mode: "zeros" (padded taps see x = 0 and go through op), "reflect", "replicate",
             "circular", or "ignore" (padded taps are left out of the reduction).
         backend: "auto", "tiled", "reference", or another registered backend.
+        grad: optional dict mapping "x" and/or weight names to an expression (string, or a callable
+            of the op's variables) used as that per-tap partial derivative in place of the exact
+            one (straight-through estimators, AdderNet's full-precision gradients); the reduction's
+            weighting, the chain rule and the bias are unchanged. Runs on the direct backends.
 
     >>> import torch, lambdaconv as lc
     >>> x = torch.randn(2, 3, 8, 8)
@@ -48,15 +53,17 @@ def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
     >>> lc.conv2d(x, "A*(x-B)", w, padding=1).shape
     torch.Size([2, 4, 8, 8])
     """
-    return convnd(2, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+    return convnd(2, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
+                  grad)
 
 
 def conv3d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto"):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None):
     """3-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     See conv2d; weights broadcast to (out_channels, in_channels/groups, kD, kH, kW)."""
-    return convnd(3, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend)
+    return convnd(3, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
+                  grad)
 
 
 # Validated calls by signature: a training loop calls the same layer with the same shapes every
@@ -116,7 +123,15 @@ def _runner(b, call, backend, x, bias, ws):
 
 
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
-           padding_mode="zeros", backend="auto"):
+           padding_mode="zeros", backend="auto", grad=None):
+    if grad is not None:  # the op with its overridden partials: an OpSpec, cached as one
+        try:
+            op = with_grad(resolve_op(op), grad)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{err}{_context(op, input, weights)}") from None
+        if library.tracing() or transform_active():
+            raise NotImplementedError("grad= overrides run in eager mode only: under torch.compile, torch.export "
+                                      "and torch.func transforms lambdaconv differentiates the definition")
     if library.tracing():  # torch.compile / torch.export: no op resolution in the traced code
         return library.compiled_conv(d, input, op, weights, bias, stride, padding, dilation, groups, reduce,
                                      padding_mode, backend)

@@ -16,7 +16,7 @@ from torch import nn
 from . import functional as F
 from .backends import registry
 from .geometry import PADDING_MODES, _tuple
-from .ir import resolve_op, resolve_reduce
+from .ir import resolve_op, resolve_reduce, with_grad
 from .explain import explain
 
 INITS = ("kaiming_uniform", "zeros", "ones", "normal", "uniform")
@@ -28,10 +28,11 @@ class _ConvNd(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, op, reduce=None, init=None,
-                 shapes=None, backend="auto"):
+                 shapes=None, backend="auto", grad=None):
         super().__init__()
         d = self._dims
         spec = resolve_op(op)
+        with_grad(spec, grad)  # validated now (names, expressions), applied per call
         if self._check_names:
             _check_weight_names(spec.weight_names, type(self))
         self.op = op  # kept as given: a string or preset pickles with the module
@@ -56,6 +57,7 @@ class _ConvNd(nn.Module):
         self.padding = padding if isinstance(padding, str) else _tuple(padding, d, "padding")
         self.dilation = _tuple(dilation, d, "dilation")
         self.padding_mode, self.backend = padding_mode, backend
+        self.grad = None if grad is None else dict(grad)  # per-tap partials in place of the exact ones
         init, shapes = dict(init or {}), dict(shapes or {})
         for what, table in (("init", init), ("shapes", shapes)):
             unknown = [k for k in table if k not in spec.weight_names]
@@ -138,17 +140,17 @@ class _ConvNd(nn.Module):
         bias = params.get("bias")
         return F.convnd(self._dims, input, self.op, weights, getattr(self, "bias") if bias is None else bias,
                         self.stride, self.padding, self.dilation, self.groups, self.reduce, self.padding_mode,
-                        self.backend)
+                        self.backend, self.grad)
 
     def explain(self, input=None):
         """The plan this layer runs with (see lambdaconv.explain); with an input, also the backend,
         kernels and cost of calling the layer on it."""
         if input is None:
-            return explain(self.op, self.reduce)
+            return explain(self.op, self.reduce, grad=self.grad)
         weights = {n: getattr(self, n) for n in self.weight_names}
         return explain(self.op, self.reduce, input=input, weights=weights, bias=self.bias, stride=self.stride,
                        padding=self.padding, dilation=self.dilation, groups=self.groups,
-                       padding_mode=self.padding_mode, backend=self.backend, dims=self._dims)
+                       padding_mode=self.padding_mode, backend=self.backend, dims=self._dims, grad=self.grad)
 
     def extra_repr(self) -> str:
         op = self.op if isinstance(self.op, str) else str(resolve_op(self.op).expr)
@@ -164,6 +166,8 @@ class _ConvNd(nn.Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.grad:
+            s += f", grad={self.grad!r}"
         return s
 
 

@@ -6,6 +6,7 @@ the backend, kernels and cost of a call.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -63,6 +64,12 @@ def _plan(spec: OpSpec, reduce: str) -> Plan:
         return Plan(str(spec.expr), spec.weight_names, reduce, "direct",
                     f"{why}; every tap is evaluated by a direct backend")
 
+    if spec.grad:
+        names = ("x",) + spec.weight_names
+        exact = dict(zip(names, dataclasses.replace(spec, grad=()).partials()))
+        p = direct("grad= overrides the derivative (a native convolution's backward would be the exact one)")
+        notes = tuple(f"grad: d op / d {n} := {e}   (exact: {exact[n]})" for n, e in spec.grad)
+        return Plan(p.op, p.weights, p.reduce, p.strategy, p.reason, notes=notes)
     rec = reductions.get(reduce)
     if not rec.linear:
         return direct(f"reduce {reduce} is not linear in the taps")

@@ -31,7 +31,13 @@ def _describe_tiled(call):
             f"(settings.tile_elements{'_gpu' if call.device.type != 'cpu' else ''}), forward and backward",)
 
 
-register(Backend("reference", lambda call: None, _run_reference, None,
+def _reference_unsupported(call):
+    if call.spec.grad:
+        return "the reference differentiates its definition; grad= overrides run on the direct backends"
+    return None
+
+
+register(Backend("reference", _reference_unsupported, _run_reference, None,
                  "float64 reference on full broadcast tensors: small shapes only", pure=True,
                  describe=_describe_reference))
 register(Backend("tiled", lambda call: None, _run_tiled, 100,

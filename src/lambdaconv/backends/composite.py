@@ -71,6 +71,9 @@ def direct_backward(gy, x, wts, meta, needs, bias_dtype):
     from the saved x and weights, differentiable again. meta = (spec, geometry, reduce, weight
     names); needs = needs_input_grad for (x, bias, *weights). The bias gradient is gy's sum."""
     spec, g, reduce, names = meta
+    if spec.grad:
+        raise NotImplementedError("second derivatives (create_graph=True) through a conv with grad= overrides: "
+                                  "the overridden partials have no derivative of their own here")
     call = registry.Call(spec, reduce, g, x.device, x.dtype)
     gx, *gws = graph_grads(lambda x, *w: composite_conv(x, None, dict(zip(names, w)), call), [x, *wts],
                            (needs[0], *needs[2:]), gy)

@@ -26,6 +26,9 @@ def call(name: str, args: tuple, kwargs: dict) -> Expr:
     try:
         if name == "clamp" or name == "clip":
             return _clamp(*args, **kwargs)
+        if name == "hardtanh":  # torch's defaults: clamp to [-1, 1], gradient 1 inside (inclusive)
+            (a,) = args
+            return _clamp(a, kwargs.get("min_val", -1.0), kwargs.get("max_val", 1.0))
         if name == "square":
             (a,) = args
             return node("mul", a, a)

@@ -132,5 +132,5 @@ OPS = {o.name: o for o in _OPS}
 # (clamp passes the gradient where min <= x <= max, as torch.clamp does).
 FUNCTIONS = sorted(
     [n for n, o in OPS.items() if o.arity == 1 or n in ("maximum", "minimum", "where", "pow")]
-    + ["clamp", "square", "max", "min"]
+    + ["clamp", "square", "max", "min", "hardtanh"]
 )

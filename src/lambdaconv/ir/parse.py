@@ -18,8 +18,9 @@ MAX_LENGTH = 4000
 MAX_DEPTH = 100  # nesting of the syntax tree (a sum of n terms nests n deep)
 
 
-def parse_string(text: str) -> tuple:
-    """(expr, weight_names) for a string op; the input is `x`, weights in order of appearance."""
+def parse_string(text: str, require_x: bool = True) -> tuple:
+    """(expr, weight_names) for a string op; the input is `x`, weights in order of appearance.
+    require_x=False: an expression that may leave x out (a derivative given with grad=)."""
     if len(text) > MAX_LENGTH:
         raise ValueError(f"op string is too long ({len(text)} characters, at most {MAX_LENGTH})")
     try:
@@ -36,7 +37,7 @@ def parse_string(text: str) -> tuple:
     # still has the parameter B, as a callable keeps every parameter of its signature
     seen = []
     expr = as_expr(_walk(tree.body, text, seen))
-    if "x" not in seen:
+    if require_x and "x" not in seen:
         raise ValueError(f"op {text!r} does not use the input `x`")
     return expr, tuple(n for n in seen if n != "x")
 
