@@ -42,7 +42,22 @@ VARIANTS = {
     # init "zeros" every output channel starts as the same max-pool (slow to break symmetry,
     # ~86% after 8 epochs); "normal" (std 1) gives each channel its own arg-max pattern (~90%).
     "dilation": lambda i, o: lc.Conv2d(i, o, 3, padding=1, op="dilation", init={"weight": "normal"}),
+    # AdderNet's training recipe: the full-precision gradient x - w for the filters, a HardTanh-
+    # clipped w - x for the input (grad=), and each adder layer's weight gradient rescaled to
+    # eta * sqrt(k) / ||grad|| before the step (adaptive learning rate, adaptive_lr below)
+    "addernet": lambda i, o: lc.Conv2d(i, o, 3, padding=1, op="adder", init={"weight": "normal"},
+                                       grad={"x": "hardtanh(weight - x)", "weight": "x - weight"}),
 }
+ETA = 0.2  # AdderNet's local learning-rate coefficient
+
+
+def adaptive_lr(model):
+    """AdderNet's layer-wise scaling of the weight gradient, for layers trained with grad=."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, lc.Conv2d) and m.grad and m.weight.grad is not None:
+                g = m.weight.grad
+                g.mul_(ETA * g.numel() ** 0.5 / g.norm().clamp_min(1e-12))
 
 
 class Net(nn.Module):
@@ -94,6 +109,7 @@ def train(name, data, epochs):
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
             opt.zero_grad()
             loss.backward()
+            adaptive_lr(model)
             opt.step()
             total += loss.item() * len(idx)
         dt = time.perf_counter() - t0  # training only; evaluation is not timed

@@ -1,0 +1,18 @@
+"""examples/ run: the demo trains one epoch of a few variants (AdderNet's recipe among them)."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_demo_one_epoch(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--epochs", "1",
+                        "--variants", "nn.Conv2d,addernet", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "addernet" in r.stdout and any(tmp_path.glob("*.png"))
