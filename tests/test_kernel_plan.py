@@ -58,3 +58,11 @@ def test_cpu_and_interpreter_run_portable(gpu):
         p = decide("adder", device=device, interp=interp)
         assert (p.forward, p.grad_x, p.grad_w, p.grad_w_portable) == ("portable", "portable", "portable", "rows")
     assert all(line.split(":")[0] in ("forward", "grad x", "grad w") for line in decide("adder").lines())
+
+
+def test_grad_overrides_take_the_portable_backward(gpu):
+    from lambdaconv.ir import with_grad
+    spec = with_grad(resolve_op("adder"), {"x": "hardtanh(weight - x)", "weight": "x - weight"})
+    g = make_geometry(2, (2, 8, 9, 9), (8, 8, 3, 3), 1, 1, 1, 1, "zeros")
+    p = kplan.decide(spec, g, "sum", True, (True,), False, torch.float32, True, CUDA)
+    assert (p.forward, p.grad_x, p.grad_w) == ("gluon", "portable", "portable")

@@ -98,7 +98,9 @@ def decide(spec, g: Geometry, reduce: str, need_x: bool, need_w: tuple, interp: 
         # (|x - w|-type terms: 0.49 ms against the portable 0.575; with the selects it was 0.63),
         # "1" both kernels, "0" neither. Two-weight ops stay portable.
         mode = s.gluon_bwd
-        base = rec.backward != "softmax" and g.padding_mode != "ignore" and gl_ok
+        # grad= overrides take the portable backward kernels: those are the ones tested with them
+        # (under the interpreter); the Gluon ones are written around the exact partials' shapes
+        base = rec.backward != "softmax" and g.padding_mode != "ignore" and gl_ok and not spec.grad
         if need_x:
             fast = base and (mode == "1" or (mode == "auto" and gluon_bwd.x_uses_sgn(spec)))
             gx = "gluon" if fast else "portable"
