@@ -87,11 +87,11 @@ def render() -> str:
              "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand. "
              "The user guide is [guide.md](guide.md).", ""]
     lines += ["## Functions", ""]
-    for name in ("conv1d", "conv2d", "conv3d", "explain"):
+    for name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "explain"):
         lines += _entry(f"lc.{name}", getattr(lc, name))
 
     lines += ["## Modules", ""]
-    for name in ("Conv1d", "Conv2d", "Conv3d"):
+    for name in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
         lines += _entry(f"lc.{name}", getattr(lc, name))
     lines += ["Methods and properties of every module:", ""]
     for name, v in _methods(lc.Conv2d):

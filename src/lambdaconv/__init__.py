@@ -7,7 +7,8 @@
 """
 from . import reductions, settings
 from .functional import conv1d, conv2d, conv3d
-from .nn import Conv1d, Conv2d, Conv3d
+from .nn import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
+from .transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .explain import explain
 from .plan import Plan
 from .ir import PRESETS, REDUCES
@@ -15,5 +16,6 @@ from .geometry import PADDING_MODES
 
 __version__ = "0.1.0"
 
-__all__ = ["conv1d", "conv2d", "conv3d", "Conv1d", "Conv2d", "Conv3d", "explain", "Plan", "PRESETS",
+__all__ = ["conv1d", "conv2d", "conv3d", "Conv1d", "Conv2d", "Conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "explain", "Plan", "PRESETS",
            "REDUCES", "PADDING_MODES", "reductions", "settings"]

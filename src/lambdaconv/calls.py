@@ -59,16 +59,7 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
         raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
                          f"got a {input.dim()}-D input of shape {tuple(input.shape)}")
     x = input[None] if unbatched else input
-    if not isinstance(weights, dict):
-        raise TypeError(f"weights must be a dict name -> tensor, got {type(weights).__name__}")
-    missing = [n for n in spec.weight_names if n not in weights]
-    if missing:
-        raise ValueError(f"the op needs weight{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                         f"but weights has {sorted(weights) or 'none'}")
-    extra = [n for n in weights if n not in spec.weight_names]
-    if extra:
-        raise ValueError(f"weights {', '.join(map(repr, extra))} are not used by the op {spec.expr} "
-                         f"(its weights: {', '.join(spec.weight_names) or 'none'})")
+    check_weight_names(spec, weights)
     if not spec.weight_names:
         raise ValueError(f"the op {spec.expr} has no weights, so out_channels and the kernel size are unknown")
     ws = {}
@@ -97,6 +88,20 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
     g = make_geometry(d, tuple(x.shape), tuple(wshape), stride, padding, dilation, groups, padding_mode)
     call = backends.Call(spec, reduce, g, x.device, x.dtype)
     return x, bias, ws, call, unbatched
+
+
+def check_weight_names(spec, weights) -> None:
+    """weights is a dict with exactly the op's weight names (TypeError / ValueError naming them)."""
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights must be a dict name -> tensor, got {type(weights).__name__}")
+    missing = [n for n in spec.weight_names if n not in weights]
+    if missing:
+        raise ValueError(f"the op needs weight{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                         f"but weights has {sorted(weights) or 'none'}")
+    extra = [n for n in weights if n not in spec.weight_names]
+    if extra:
+        raise ValueError(f"weights {', '.join(map(repr, extra))} are not used by the op {spec.expr} "
+                         f"(its weights: {', '.join(spec.weight_names) or 'none'})")
 
 
 def nothing_to_compute(call) -> bool:

@@ -28,6 +28,9 @@ class Geometry:
     pad: tuple  # ((lo, hi), ...) per spatial dim
     padding_mode: str
     out_size: tuple
+    # transposed convolutions (transpose.py): the input is zero-inserted, and only positions u with
+    # (u + offset) % step == 0 per dim hold a real value, ((step, offset), ...); () for none
+    holes: tuple = ()
 
     @property
     def cin_per_group(self) -> int:
@@ -155,7 +158,10 @@ def windows(xp: torch.Tensor, g: Geometry) -> torch.Tensor:
 
 
 def valid_taps(g: Geometry, device) -> torch.Tensor:
-    """Bool (K, P): tap k of output position p reads a real (unpadded) input element."""
+    """Bool (K, P): tap k of output position p reads a real (unpadded, not inserted) input element."""
     ones = torch.ones((1, 1) + g.in_size, device=device)
+    for i, (step, off) in enumerate(g.holes):  # inserted zeros are no taps
+        real = (torch.arange(g.in_size[i], device=device) + off) % step == 0
+        ones = ones * real.reshape((-1,) + (1,) * (g.dims - 1 - i)).to(ones.dtype)
     m = windows(pad_input(ones, Geometry(**{**g.__dict__, "padding_mode": "zeros"})), g)
     return m.reshape(g.positions, g.taps).t().bool()

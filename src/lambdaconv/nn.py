@@ -79,12 +79,18 @@ class _ConvNd(nn.Module):
                           stacklevel=2)
         self.reset_parameters()
 
+    def _full_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def _filter_shape(self) -> tuple:  # one value per output channel
+        return (self.out_channels,) + (1,) * (1 + self._dims)
+
     def _shape(self, s) -> tuple:
-        full = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        full = self._full_shape()
         if s == "full":
             return full
         if s == "filter":
-            return (self.out_channels,) + (1,) * (1 + self._dims)
+            return self._filter_shape()
         if s == "scalar":
             return ()
         if isinstance(s, (tuple, list)) and all(isinstance(v, int) for v in s):
@@ -229,4 +235,70 @@ class Conv2d(_ConvNd):
 
 class Conv3d(_ConvNd):
     """3-d lambdaconv layer; arguments as nn.Conv3d plus op, reduce, init, shapes, backend."""
+    _dims = 3
+
+
+class _ConvTransposeNd(_ConvNd):
+    """A transposed lambdaconv layer (lambdaconv.transpose): weights (in_channels, out_channels/groups, *k)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, op, reduce=None, init=None,
+                 shapes=None, backend="auto", grad=None):
+        if padding_mode != "zeros":
+            raise ValueError(f"only padding_mode='zeros' is supported for transposed layers (as in torch), "
+                             f"got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"padding must be an int or a tuple for a transposed layer, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                         device, dtype, op=op, reduce=reduce, init=init, shapes=shapes, backend=backend, grad=grad)
+        self.output_padding = _tuple(output_padding, self._dims, "output_padding")
+
+    def _full_shape(self) -> tuple:
+        return (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+
+    def _filter_shape(self) -> tuple:  # one value per output channel of a group
+        return (1, self.out_channels // self.groups) + (1,) * self._dims
+
+    @property
+    def fan_in(self) -> int:  # as nn.ConvTransposeNd's init reads it: weight.size(1) * kernel taps
+        return self.out_channels // self.groups * math.prod(self.kernel_size)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        from .transpose import conv_transpose_nd
+        weights = {n: getattr(self, n) for n in self.weight_names}
+        return conv_transpose_nd(self._dims, input, self.op, weights, self.bias, self.stride, self.padding,
+                                 self.output_padding, self.groups, self.dilation, self.reduce, self.backend, self.grad)
+
+    def explain(self, input=None):
+        """The plan of this layer's op (see lambdaconv.explain); with an input: NotImplementedError for now."""
+        if input is not None:
+            raise NotImplementedError("explain(input) of a transposed layer is not implemented; explain() gives the "
+                                      "op's plan")
+        return explain(self.op, self.reduce, grad=self.grad)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.output_padding != (0,) * self._dims:
+            s += f", output_padding={self.output_padding}"
+        return s
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-d transposed lambdaconv layer; arguments as nn.ConvTranspose1d plus op, reduce, init, shapes, backend, grad."""
+    _dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-d transposed lambdaconv layer; arguments as nn.ConvTranspose2d plus op, reduce, init, shapes, backend, grad.
+
+    >>> import torch, lambdaconv as lc
+    >>> up = lc.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, op="adder")
+    >>> up(torch.randn(2, 8, 7, 7)).shape
+    torch.Size([2, 4, 14, 14])
+    """
+    _dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-d transposed lambdaconv layer; arguments as nn.ConvTranspose3d plus op, reduce, init, shapes, backend, grad."""
     _dims = 3

@@ -31,6 +31,8 @@ def _unsupported(call: Call):
         return "triton is not installed (pip install triton)"
     if "triton" not in reductions.get(call.reduce).code:
         return f"no triton code for reduce {call.reduce!r} (reductions.py)"
+    if call.geometry.holes:
+        return "no triton kernels for transposed convolutions yet (inserted zeros are no taps)"
     if call.dtype == torch.float64:
         return "the triton kernels compute in float32; float64 runs on 'tiled'"
     if call.device.type == "cpu":
