@@ -16,3 +16,12 @@ def test_demo_one_epoch(tmp_path):
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "addernet" in r.stdout and any(tmp_path.glob("*.png"))
+
+
+def test_autoencoder_two_epochs():
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "autoencoder.py"), "--epochs", "2"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    mse = [float(line.split("test MSE ")[1].split()[0]) for line in r.stdout.splitlines() if "adder" in line]
+    assert len(mse) == 2 and mse[1] < mse[0]  # the adder decoder learns
