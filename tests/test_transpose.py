@@ -60,7 +60,7 @@ CASES = [  # (d, x shape, weight shape (C, O/g, *k), stride, padding, output_pad
 
 @pytest.mark.parametrize("reduce", reductions.names())
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-s{c[3]}-p{c[4]}-g{c[6]}")
-@pytest.mark.parametrize("op", ["adder", "sigmoid(A*x)*B", "linear"])
+@pytest.mark.parametrize("op", ["adder", "sigmoid(A*x)*B", "linear", "offset", "l2", "quadratic"])
 def test_matches_the_definition(op, case, reduce):
     d, xs, wsh, s, p, op_, g, dl = case
     gen = torch.Generator().manual_seed(0)
@@ -115,3 +115,17 @@ def test_module_and_errors():
         lc.ConvTranspose2d(4, 6, 3, op="adder", padding_mode="reflect")
     with pytest.raises(ValueError, match="channels mismatch"):
         lc.conv_transpose2d(x, "adder", {"weight": torch.randn(3, 2, 3, 3)})
+
+
+@pytest.mark.parametrize("op", ["offset", "l2", "quadratic"])
+@pytest.mark.parametrize("reduce", [r.name for r in reductions.all_records() if r.linear])
+def test_native_route_matches_tiled(op, reduce):
+    gen = torch.Generator().manual_seed(1)
+    names = resolve_op(op).weight_names
+    x = torch.randn(2, 4, 5, 4, generator=gen, dtype=torch.float64)
+    ws = {n: torch.randn(4, 3, 3, 2, generator=gen, dtype=torch.float64) for n in names}
+    kw = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2), reduce=reduce)
+    assert lc.explain(op, reduce).strategy == "decompose"
+    a = lc.conv_transpose2d(x, op, ws, **kw)  # auto: one native transposed conv
+    b = lc.conv_transpose2d(x, op, ws, backend="tiled", **kw)
+    assert torch.allclose(a, b, atol=1e-10, rtol=1e-10, equal_nan=True)

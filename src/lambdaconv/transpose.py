@@ -7,24 +7,36 @@ Computed as the equivalent stride-1 convolution over the zero-inserted input wit
 kernel, whose inserted zeros and padding are no taps (the "ignore" rule, Geometry.holes): an output
 that no tap reaches holds the reduction's identity, and mean divides by the taps that reach it. For
 the linear op with sum this is exactly F.conv_transposeNd. Gradients flow through the rearranging
-torch ops into the backend's own. The direct backends that take inserted zeros run it (tiled, the
-reference); decompose and the triton kernels do not yet.
+torch ops into the backend's own. Separable ops with sum / mean (the plan says "decompose") run as
+one native transposed convolution of the stacked terms (_native); the others on the direct backends
+that take inserted zeros (tiled, the reference); the triton kernels do not take them yet.
 """
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
 
-from . import backends, calls
+import torch
+import torch.nn.functional as F
+
+from . import backends, calls, reductions
 from .backends import registry
 from .geometry import Geometry, _tuple
 from .ir import resolve_op, resolve_reduce, with_grad
+from .plan import plan_for
 
 
 def conv_transpose_nd(d, input, op, weights, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                       dilation=1, reduce=None, backend="auto", grad=None):
     try:
-        x, ws, bias, call, unbatched = _prepare(d, input, op, weights, bias, stride, padding, output_padding,
-                                                groups, dilation, reduce, backend, grad)
+        v = _validate(d, input, op, weights, bias, stride, padding, output_padding, groups, dilation, reduce, backend,
+                      grad)
+        if backend in ("auto", "decompose") and _native_applies(v):
+            y = _native(v)
+            return y[0] if v.unbatched else y
+        if backend == "decompose":
+            raise ValueError(f"backend 'decompose' cannot run this transposed convolution: "
+                             f"{plan_for(v.spec, v.reduce).reason}")
+        x, ws, bias, call, unbatched = _equivalent(v)
         b = registry.select(backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
@@ -35,7 +47,24 @@ def conv_transpose_nd(d, input, op, weights, bias=None, stride=1, padding=0, out
     return y[0] if unbatched else y
 
 
-def _prepare(d, input, op, weights, bias, stride, padding, output_padding, groups, dilation, reduce, backend, grad):
+class _Args(NamedTuple):
+    d: int
+    x: torch.Tensor  # batched
+    spec: object
+    reduce: str
+    weights: dict  # name -> tensor reshaped to rank d + 2 (broadcastable to full)
+    full: tuple  # (in_channels, out_channels / groups, *kernel)
+    bias: object
+    stride: tuple
+    padding: tuple
+    output_padding: tuple
+    groups: int
+    dilation: tuple
+    unbatched: bool
+
+
+def _validate(d, input, op, weights, bias, stride, padding, output_padding, groups, dilation, reduce, backend,
+              grad) -> _Args:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     spec = with_grad(resolve_op(op), grad)
@@ -65,6 +94,7 @@ def _prepare(d, input, op, weights, bias, stride, padding, output_padding, group
         raise ValueError(f"channels mismatch: the weights' broadcast shape {full} is (in_channels, "
                          f"out_channels/groups, *kernel) but the input has {x.shape[1]} channels (groups={groups})")
     c = x.shape[1]
+    full = (c,) + tuple(full[1:])
     if 0 in kernel or og == 0:
         raise ValueError(f"the weights' broadcast shape {full} has a zero-size dim")
     s, p, op_, dl = (_tuple(v, d, name) for v, name in ((stride, "stride"), (padding, "padding"),
@@ -74,6 +104,21 @@ def _prepare(d, input, op, weights, bias, stride, padding, output_padding, group
                          f"stride={s}, padding={p}, output_padding={op_}, dilation={dl}")
     if any(o >= max(a, b) for o, a, b in zip(op_, s, dl)):
         raise ValueError(f"output_padding {op_} must be smaller than stride {s} or dilation {dl} (as in torch)")
+    o = og * groups
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (o,):
+            raise ValueError(f"bias must be a tensor of shape ({o},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    ws = {n: weights[n].reshape(sh) for n, sh in zip(spec.weight_names, shapes)}
+    return _Args(d, x, spec, reduce, ws, full, bias, s, p, op_, groups, dl, unbatched)
+
+
+def _equivalent(v: _Args):
+    """The equivalent stride-1 convolution: (zero-inserted input, flipped forward-layout weights,
+    bias, its Call, unbatched)."""
+    d, x, spec, full, groups = v.d, v.x, v.spec, v.full, v.groups
+    s, p, op_, dl = v.stride, v.padding, v.output_padding, v.dilation
+    c, og, kernel = full[0], full[1], full[2:]
     # the zero-inserted input, padded by (k - 1) * dilation - padding (cropped where that is negative)
     n, in_size = x.shape[0], tuple(x.shape[2:])
     up = tuple((i - 1) * st + 1 for i, st in zip(in_size, s))
@@ -94,17 +139,63 @@ def _prepare(d, input, op, weights, bias, stride, padding, output_padding, group
     cg, o = c // groups, og * groups
     flip = tuple(range(2, d + 2))
     ws = {}
-    for name, shape in zip(spec.weight_names, shapes):
-        t = weights[name].reshape(shape).expand((c, og) + kernel)
-        t = t.reshape((groups, cg, og) + kernel).transpose(1, 2).reshape((o, cg) + kernel).flip(flip)
+    for name, t in v.weights.items():
+        t = t.expand(full).reshape((groups, cg, og) + kernel).transpose(1, 2).reshape((o, cg) + kernel).flip(flip)
         ws[name] = t
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.shape != (o,):
-            raise ValueError(f"bias must be a tensor of shape ({o},), got "
-                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
     g = Geometry(d, n, c, o, groups, tuple(xu.shape[2:]), kernel, (1,) * d, dl, tuple(pads), "ignore", out_size,
                  tuple(holes))
-    return xu, ws, bias, backends.Call(spec, reduce, g, x.device, x.dtype), unbatched
+    return xu, ws, v.bias, backends.Call(spec, v.reduce, g, x.device, x.dtype), v.unbatched
+
+
+_NATIVE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _native_applies(v: _Args) -> bool:
+    return not v.spec.grad and plan_for(v.spec, v.reduce).strategy == "decompose" and v.x.device.type != "meta" \
+        and v.x.numel() > 0
+
+
+def _native(v: _Args) -> torch.Tensor:
+    """A separable op, sum_i g_i(x) h_i(w) + c(w), as one native transposed convolution of the stacked
+    g_i(x) with the stacked h_i(w): it multiplies real input values only, so inserted zeros and the
+    padding are no taps by construction. c(w) counts at the taps that reach each output: the
+    transposed convolution of ones with its sum over the channels; mean divides by that tap count."""
+    from .backends.decompose import _lowering
+    low = _lowering(v.spec)
+    x, full, groups = v.x, v.full, v.groups
+    c, og, kernel = full[0], full[1], full[2:]
+    cg, t_n = c // groups, len(low.terms)
+    ct = x.dtype if x.dtype in (torch.float64, torch.float32) else torch.float32
+    xs = x.to(ct)
+    gx = [xs if term.kind == "x" else term.g(xs, None) for term in low.terms]
+    G = torch.stack([g.reshape((x.shape[0], groups, cg) + g.shape[2:]) for g in gx], 2)
+    G = G.reshape((x.shape[0], groups * t_n * cg) + x.shape[2:])
+    w = {n: t.to(ct) for n, t in v.weights.items()}
+    hs = [_full(h(None, w), full, ct) for h in low.hs]
+    H = torch.stack([h.reshape((groups, cg, og) + kernel) for h in hs], 1).reshape((groups * t_n * cg, og) + kernel)
+    conv = _NATIVE[v.d]
+    kw = dict(stride=v.stride, padding=v.padding, output_padding=v.output_padding, groups=groups, dilation=v.dilation)
+    y = conv(G, H, None, **kw)
+    ones = None
+    if low.const is not None:  # sum over the group's channels of c(w), at every tap that reaches q
+        cw = _full(low.const(None, w), full, ct) * low.const_scale
+        cs = cw.reshape((groups, cg, og) + kernel).sum(1)  # (G, Og, *k)
+        ones = x.new_ones((1, groups) + x.shape[2:], dtype=ct)
+        y = y + conv(ones, cs, None, **kw)
+    if reductions.get(v.reduce).backward == "count":  # mean: over the taps that reach q
+        one = x.new_ones((1, 1) + x.shape[2:], dtype=ct)
+        count = conv(one, x.new_ones((1, 1) + kernel, dtype=ct), None, **{**kw, "groups": 1}) * cg
+        has = count > 0
+        y = y * torch.where(has, 1.0 / count, 0.0) + torch.where(has, 0.0, float("nan"))
+    if v.bias is not None:
+        y = y + v.bias.to(ct).reshape((1, -1) + (1,) * v.d)
+    return y.to(x.dtype)
+
+
+def _full(t, full, dtype):
+    if not isinstance(t, torch.Tensor):
+        return torch.full((), float(t), dtype=dtype).expand(full)
+    return t.to(dtype).expand(full)
 
 
 def conv_transpose1d(input, op, weights, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
