@@ -160,7 +160,7 @@ def _native(v: _Args) -> torch.Tensor:
     g_i(x) with the stacked h_i(w): it multiplies real input values only, so inserted zeros and the
     padding are no taps by construction. c(w) counts at the taps that reach each output: the
     transposed convolution of ones with its sum over the channels; mean divides by that tap count."""
-    from .backends.decompose import _lowering
+    from .backends.decompose import _full, _lowering
     low = _lowering(v.spec)
     x, full, groups = v.x, v.full, v.groups
     c, og, kernel = full[0], full[1], full[2:]
@@ -171,14 +171,14 @@ def _native(v: _Args) -> torch.Tensor:
     G = torch.stack([g.reshape((x.shape[0], groups, cg) + g.shape[2:]) for g in gx], 2)
     G = G.reshape((x.shape[0], groups * t_n * cg) + x.shape[2:])
     w = {n: t.to(ct) for n, t in v.weights.items()}
-    hs = [_full(h(None, w), full, ct) for h in low.hs]
+    hs = [_full(h(None, w), full, ct, x.device) for h in low.hs]
     H = torch.stack([h.reshape((groups, cg, og) + kernel) for h in hs], 1).reshape((groups * t_n * cg, og) + kernel)
     conv = _NATIVE[v.d]
     kw = dict(stride=v.stride, padding=v.padding, output_padding=v.output_padding, groups=groups, dilation=v.dilation)
     y = conv(G, H, None, **kw)
     ones = None
     if low.const is not None:  # sum over the group's channels of c(w), at every tap that reaches q
-        cw = _full(low.const(None, w), full, ct) * low.const_scale
+        cw = _full(low.const(None, w), full, ct, x.device) * low.const_scale
         cs = cw.reshape((groups, cg, og) + kernel).sum(1)  # (G, Og, *k)
         ones = x.new_ones((1, groups) + x.shape[2:], dtype=ct)
         y = y + conv(ones, cs, None, **kw)
@@ -191,11 +191,6 @@ def _native(v: _Args) -> torch.Tensor:
         y = y + v.bias.to(ct).reshape((1, -1) + (1,) * v.d)
     return y.to(x.dtype)
 
-
-def _full(t, full, dtype):
-    if not isinstance(t, torch.Tensor):
-        return torch.full((), float(t), dtype=dtype).expand(full)
-    return t.to(dtype).expand(full)
 
 
 def conv_transpose1d(input, op, weights, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,

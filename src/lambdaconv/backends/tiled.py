@@ -90,13 +90,13 @@ class TiledConv(torch.autograd.Function):
             taps = evaluate(core, cols, c.tile_weights(t), dtype=ct, arena=arena)
             shape = (t.o.stop - t.o.start, t.rows(g), cols.shape[-1])
             taps = _masked(_full(taps, shape), t, c, rec.identity)
-            r = buffer(arena, "r", shape[:2], ct, x.device)
             if rec.backward == "select":
+                r = buffer(arena, "r", shape[:2], ct, x.device)
                 i = buffer(arena, "i", shape[:2], torch.int64, x.device)
                 rec.select(taps, -1, out=(r, i))
                 write_tile(arg, t, g, i)
-            else:
-                r.copy_(rec.reference(taps, -1, c.count(t, x.device) if rec.backward == "count" else None))
+            else:  # the record's definition over the tile's taps: (Ot, Mt), CK times smaller than taps
+                r = rec.reference(taps, -1, c.count(t, x.device) if rec.backward == "count" else None)
             if scale != 1.0:
                 r *= scale
             write_tile(y, t, g, r)

@@ -24,7 +24,6 @@ from .pad import padded
 from ...settings import interpreting
 
 # fp16 only: triton 3.6 computes bf16 arithmetic in fp32 (a bf16 accumulator then fails to compile).
-_HALF_IN = (torch.float16,)  # input dtypes whose kernels may compute in half precision (kplan)
 _IN_KERNEL_PAD = ("zeros", "ignore")
 _BIAS_DIMS = {d: [0] + list(range(2, 2 + d)) for d in (1, 2, 3)}  # the bias gradient sums over these
 
@@ -138,7 +137,7 @@ class TritonConv(torch.autograd.Function):
         need_x, need_w = needs[0], needs[3:]  # bools
         grad = need_x or True in need_w
         interp = interpreting()
-        half_w = x.dtype in _HALF_IN and all(w.dtype == x.dtype for w in wts)
+        half_w = x.dtype in kplan.HALF and all(w.dtype == x.dtype for w in wts)
         has_bias = bias is not None
         dev = x.device
         key = ("fwd", spec, g, reduce, need_x, need_w, interp, x.dtype, half_w, has_bias, dev)

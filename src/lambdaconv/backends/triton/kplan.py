@@ -17,7 +17,7 @@ from ... import reductions, settings
 from ...geometry import Geometry
 from ...settings import interpreting
 
-_HALF = {torch.float16: "tl.float16"}  # inference max/min in packed half precision (half_exact)
+HALF = {torch.float16: "tl.float16"}  # input dtypes whose kernels may compute in half precision (half_exact)
 _CAPABILITY: dict = {}
 
 
@@ -75,8 +75,8 @@ def decide(spec, g: Geometry, reduce: str, need_x: bool, need_w: tuple, interp: 
     compute = "tl.float32"
     # Inference only: rounding to half precision creates ties, and the winner of a tie among
     # rounded values need not be the true argmax that the gradient must go to.
-    if not grad and half_w and dtype in _HALF and half_exact(spec, reduce):
-        compute = _HALF[dtype]
+    if not grad and half_w and dtype in HALF and half_exact(spec, reduce):
+        compute = HALF[dtype]
     gl_ok = gluon_wanted(device, interp)
     forward = "gluon" if (gl_ok and "gluon" in rec.code and g.padding_mode != "ignore" and g.cin_per_group >= 2) \
         else "portable"
