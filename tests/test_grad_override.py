@@ -35,19 +35,20 @@ def _hand(x, w, gy, gx_fn, gw_fn, reduce, k=3, pad=1):
     return gx, gw
 
 
-def _check(backend, reduce, dtype=torch.float64, tol=1e-10):
+def _check(backend, reduce, dtype=torch.float64, tol=1e-10, device="cpu"):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
     gy = torch.randn(2, 4, 6, 5, generator=g, dtype=torch.float64)
-    xr, wr = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    xr, wr = x.to(device, dtype).requires_grad_(), w.to(device, dtype).requires_grad_()
     y = lc.conv2d(xr, "adder", {"weight": wr}, padding=1, reduce=reduce, backend=backend, grad=ADDER)
     y_exact = lc.conv2d(x, "adder", {"weight": w}, padding=1, reduce=reduce, backend="reference")
-    assert torch.allclose(y.double(), y_exact, atol=tol * 10, rtol=tol * 10)  # the forward is unchanged
-    gx, gw = torch.autograd.grad(y, [xr, wr], gy.to(dtype))
+    assert torch.allclose(y.double().cpu(), y_exact, atol=tol * 10, rtol=tol * 10)  # the forward is unchanged
+    gx, gw = torch.autograd.grad(y, [xr, wr], gy.to(device, dtype))
     hx, hw = _hand(x, w, gy, lambda a, b: (b - a).clamp(-1, 1), lambda a, b: a - b, reduce)
     for got, want in ((gx, hx), (gw, hw)):
-        assert torch.allclose(got.double(), want, atol=tol, rtol=tol), (got.double() - want).abs().max()
+        got = got.double().cpu()
+        assert torch.allclose(got, want, atol=tol, rtol=tol), (got - want).abs().max()
 
 
 if os.environ.get("TRITON_INTERPRET") != "1":
