@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import lambdaconv as lc
 from lambdaconv.bench import cases, direct, main, report, study, timing
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -180,3 +181,20 @@ def test_failures_become_errors():
     times, errors = timing.interleaved({"ok": lambda: None, "oom": oom, "later": later}, 3, torch.device("cpu"))
     assert set(times) == {"ok"} and times["ok"][0] >= times["ok"][1] >= 0
     assert errors == {"oom": "out of memory", "later": "RuntimeError: illegal memory access"}
+
+
+def test_model_study_times_whole_training_steps(tmp_path):
+    """--model: every 3x3 conv of the network is the op; rows per (op, mode, dtype), ratios to nn.Conv2d."""
+    from lambdaconv.bench import model
+    net = model.resnet(model.conv_maker(cases.parse_ops("adder")[0]), *model.MODELS["resnet18"][:2], 10)
+    kinds = [type(m).__name__ for m in net.modules()]
+    assert kinds.count("Conv2d") == 16 + 1 + 3  # lc layers (16 in the blocks), the stem and 3 shortcuts
+    assert sum(isinstance(m, lc.Conv2d) for m in net.modules()) == 16
+    rows = main(["--model", "small", "--device", "cpu", "--ops", "offset,adder", "--rounds", "1",
+                       "--no-memory", "--dtypes", "float32", "--out", str(tmp_path)])
+    got = {(r["method"], r["mode"]) for r in rows}
+    assert got == {(m, "train step, eager") for m in ("nn.Conv2d", "offset", "adder")}
+    assert all(r["ms"] > 0 and r["vs"] == "nn.Conv2d" for r in rows)
+    assert (tmp_path / "results.md").exists() and (tmp_path / "model_small_cpu.png").exists()
+    with pytest.raises(SystemExit, match="bad --modes"):
+        main(["--model", "small", "--device", "cpu", "--modes", "fast"])

@@ -298,6 +298,9 @@ def compare(argv) -> dict:
 def main(argv=None):
     """`python -m lambdaconv.bench [STUDY] [options]`: STUDY is compare (the default) or one of STUDIES."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--model" or a.startswith("--model=") for a in argv):  # the whole-network study
+        from . import model
+        return model.main([a for a in argv if a != "compare"])
     if argv and argv[0] == "compare":
         argv = argv[1:]
     elif argv and argv[0] in STUDIES:
