@@ -50,15 +50,7 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
     backends.registry.check_name(backend)
     if not isinstance(padding_mode, str):
         raise TypeError(f"padding_mode must be a string, got {type(padding_mode).__name__}")
-    if input.dtype not in _DTYPES:
-        raise ValueError(f"input dtype {input.dtype} is not supported; use float64, float32, float16 or bfloat16")
-    if input.layout != torch.strided:
-        raise ValueError(f"input must be a dense (strided) tensor, got layout {input.layout}")
-    unbatched = input.dim() == d + 1
-    if input.dim() not in (d + 1, d + 2):
-        raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
-                         f"got a {input.dim()}-D input of shape {tuple(input.shape)}")
-    x = input[None] if unbatched else input
+    x, unbatched = check_input(d, input)
     check_weight_names(spec, weights)
     if not spec.weight_names:
         raise ValueError(f"the op {spec.expr} has no weights, so out_channels and the kernel size are unknown")
@@ -88,6 +80,19 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
     g = make_geometry(d, tuple(x.shape), tuple(wshape), stride, padding, dilation, groups, padding_mode)
     call = backends.Call(spec, reduce, g, x.device, x.dtype)
     return x, bias, ws, call, unbatched
+
+
+def check_input(d, input):
+    """(the input batched, whether it was unbatched), after checking its dtype, layout and rank."""
+    if input.dtype not in _DTYPES:
+        raise ValueError(f"input dtype {input.dtype} is not supported; use float64, float32, float16 or bfloat16")
+    if input.layout != torch.strided:
+        raise ValueError(f"input must be a dense (strided) tensor, got layout {input.layout}")
+    unbatched = input.dim() == d + 1
+    if input.dim() not in (d + 1, d + 2):
+        raise ValueError(f"conv{d}d expects a {d + 2}-D input (N, C, *spatial) or {d + 1}-D unbatched input, "
+                         f"got a {input.dim()}-D input of shape {tuple(input.shape)}")
+    return (input[None] if unbatched else input), unbatched
 
 
 def check_weight_names(spec, weights) -> None:

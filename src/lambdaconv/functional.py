@@ -15,16 +15,16 @@ from .ir import resolve_op, with_grad
 from .settings import interpreting
 
 def conv1d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto", grad=None):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None, post=None):
     """1-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     See conv2d; weights broadcast to (out_channels, in_channels/groups, kL)."""
     return convnd(1, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
-                  grad)
+                  grad, post)
 
 
 def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto", grad=None):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None, post=None):
     """2-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     y[n, o, p] = REDUCE over (c in o's group, k in window) of
@@ -42,6 +42,13 @@ def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
         padding_mode: "zeros" (padded taps see x = 0 and go through op), "reflect", "replicate",
             "circular", or "ignore" (padded taps are left out of the reduction).
         backend: "auto", "tiled", "reference", or another registered backend.
+        op may also be a dict of named terms, each reduced over the same window ({"s": "x*W",
+            "nx": "x*x"}), with reduce a string, a dict name -> reduce, or per term a pair
+            (inner, outer) for two-level reductions (OUTER over channels of INNER over each
+            channel's taps); see lambdaconv.terms.
+        post: an expression string or a callable (keyword arguments: the term names and weights)
+            evaluated per output element on the reduced terms and weights of shape (out_channels,)
+            or (), before the bias. A single op's reduced value is named `y`.
         grad: optional dict mapping "x" and/or weight names to an expression (string, or a callable
             of the op's variables) used as that per-tap partial derivative in place of the exact
             one (straight-through estimators, AdderNet's full-precision gradients); the reduction's
@@ -54,16 +61,16 @@ def conv2d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, group
     torch.Size([2, 4, 8, 8])
     """
     return convnd(2, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
-                  grad)
+                  grad, post)
 
 
 def conv3d(input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           reduce=None, padding_mode="zeros", backend="auto", grad=None):
+           reduce=None, padding_mode="zeros", backend="auto", grad=None, post=None):
     """3-d convolution whose per-tap operation is `op` and whose reduction is `reduce`.
 
     See conv2d; weights broadcast to (out_channels, in_channels/groups, kD, kH, kW)."""
     return convnd(3, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
-                  grad)
+                  grad, post)
 
 
 # Validated calls by signature: a training loop calls the same layer with the same shapes every
@@ -123,7 +130,11 @@ def _runner(b, call, backend, x, bias, ws):
 
 
 def convnd(d, input, op, weights, bias=None, stride=1, padding=0, dilation=1, groups=1, reduce=None,
-           padding_mode="zeros", backend="auto", grad=None):
+           padding_mode="zeros", backend="auto", grad=None, post=None):
+    if post is not None or type(op) is dict or (reduce is not None and type(reduce) is not str):
+        from . import terms  # deferred: terms.py calls back into convnd for each term
+        return terms.conv_terms(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode,
+                                backend, grad, post)
     if grad is not None:  # the op with its overridden partials: an OpSpec, cached as one
         try:
             op = with_grad(resolve_op(op), grad)

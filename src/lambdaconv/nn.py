@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from . import terms
 from .backends import registry
 from .geometry import PADDING_MODES, _tuple
 from .ir import resolve_op, resolve_reduce, with_grad
@@ -28,15 +29,26 @@ class _ConvNd(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, op, reduce=None, init=None,
-                 shapes=None, backend="auto", grad=None):
+                 shapes=None, backend="auto", grad=None, post=None):
         super().__init__()
         d = self._dims
-        spec = resolve_op(op)
-        with_grad(spec, grad)  # validated now (names, expressions), applied per call
+        multi = terms.is_terms(op, reduce, post)  # op={...}, reduce=(inner, outer) or post= (lambdaconv.terms)
+        if multi:
+            ts = terms.parse(op, reduce, post)
+            if grad is not None:
+                raise ValueError("grad= overrides apply to a single op with a single reduction, not to terms, "
+                                 "two-level reductions or post=")
+            names, post_only, shown = ts.weight_names + ts.post_weights, ts.post_weights, \
+                ", ".join(f"{t.name}: {t.spec.source}" for t in ts.terms)
+        else:
+            spec = resolve_op(op)
+            with_grad(spec, grad)  # validated now (names, expressions), applied per call
+            names, post_only, shown = spec.weight_names, (), spec.expr
         if self._check_names:
-            _check_weight_names(spec.weight_names, type(self))
+            _check_weight_names(names, type(self))
         self.op = op  # kept as given: a string or preset pickles with the module
-        self.reduce = resolve_reduce(spec, reduce)
+        self.reduce = reduce if multi else resolve_reduce(spec, reduce)
+        self.post = post
         registry.check_name(backend)
         # zero channels or a zero-size kernel build, as nn.ConvNd's do (with a warning below)
         for name, v, least in (("in_channels", in_channels, 0), ("out_channels", out_channels, 0),
@@ -47,8 +59,8 @@ class _ConvNd(nn.Module):
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {', '.join(PADDING_MODES)}")
-        if not spec.weight_names:
-            raise ValueError(f"the op {spec.expr} has no weights; a layer needs at least one")
+        if not names or (multi and not ts.weight_names):
+            raise ValueError(f"the op {shown} has no weights; a layer needs at least one")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple(kernel_size, d, "kernel_size")
         if min(self.kernel_size) < 0:
@@ -60,15 +72,16 @@ class _ConvNd(nn.Module):
         self.grad = None if grad is None else dict(grad)  # per-tap partials in place of the exact ones
         init, shapes = dict(init or {}), dict(shapes or {})
         for what, table in (("init", init), ("shapes", shapes)):
-            unknown = [k for k in table if k not in spec.weight_names]
+            unknown = [k for k in table if k not in names]
             if unknown:
-                raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, which the op {spec.expr} does not "
-                                 f"have (its weights: {', '.join(spec.weight_names)})")
+                raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, which the op {shown} does not "
+                                 f"have (its weights: {', '.join(names)})")
         self.init, self.shapes = init, shapes
-        self.weight_names = spec.weight_names
+        self.weight_names = names
         factory = {"device": device, "dtype": dtype}
-        for n in spec.weight_names:
-            self.register_parameter(n, nn.Parameter(torch.empty(self._shape(shapes.get(n, "full")), **factory)))
+        for n in names:
+            shape = self._post_shape(n, shapes.get(n, "filter")) if n in post_only else self._shape(shapes.get(n, "full"))
+            self.register_parameter(n, nn.Parameter(torch.empty(shape, **factory)))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         if 0 in (in_channels, out_channels) + self.kernel_size:
             # nn.ConvNd builds these too, warning that initializing zero-element tensors is a no-op
@@ -84,6 +97,17 @@ class _ConvNd(nn.Module):
 
     def _filter_shape(self) -> tuple:  # one value per output channel
         return (self.out_channels,) + (1,) * (1 + self._dims)
+
+    def _post_shape(self, n, s) -> tuple:
+        """A weight only post reads: one value per output channel ("filter", the default) or one ("scalar")."""
+        if s == "filter":
+            return (self.out_channels,)
+        if s == "scalar":
+            return ()
+        if isinstance(s, (tuple, list)) and math.prod(s) in (1, self.out_channels) and all(v == 1 for v in s[1:]):
+            return tuple(s)
+        raise ValueError(f"shapes[{n!r}]: {n!r} is read only by post, so it broadcasts to (out_channels,): give "
+                         f"'filter' ({self.out_channels},), 'scalar' () or such a tuple, got {s!r}")
 
     def _shape(self, s) -> tuple:
         full = self._full_shape()
@@ -146,20 +170,21 @@ class _ConvNd(nn.Module):
         bias = params.get("bias")
         return F.convnd(self._dims, input, self.op, weights, getattr(self, "bias") if bias is None else bias,
                         self.stride, self.padding, self.dilation, self.groups, self.reduce, self.padding_mode,
-                        self.backend, self.grad)
+                        self.backend, self.grad, self.post)
 
     def explain(self, input=None):
         """The plan this layer runs with (see lambdaconv.explain); with an input, also the backend,
         kernels and cost of calling the layer on it."""
         if input is None:
-            return explain(self.op, self.reduce, grad=self.grad)
+            return explain(self.op, self.reduce, grad=self.grad, post=self.post)
         weights = {n: getattr(self, n) for n in self.weight_names}
         return explain(self.op, self.reduce, input=input, weights=weights, bias=self.bias, stride=self.stride,
                        padding=self.padding, dilation=self.dilation, groups=self.groups,
-                       padding_mode=self.padding_mode, backend=self.backend, dims=self._dims, grad=self.grad)
+                       padding_mode=self.padding_mode, backend=self.backend, dims=self._dims, grad=self.grad,
+                       post=self.post)
 
     def extra_repr(self) -> str:
-        op = self.op if isinstance(self.op, str) else str(resolve_op(self.op).expr)
+        op = self.op if isinstance(self.op, (str, dict)) else str(resolve_op(self.op).expr)
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"op={op!r}, reduce={self.reduce!r}")
         if self.padding not in ((0,) * self._dims, "valid"):
@@ -174,6 +199,8 @@ class _ConvNd(nn.Module):
             s += f", padding_mode={self.padding_mode!r}"
         if self.grad:
             s += f", grad={self.grad!r}"
+        if self.post is not None:
+            s += f", post={self.post!r}"
         return s
 
 
@@ -249,6 +276,8 @@ class _ConvTransposeNd(_ConvNd):
                              f"got {padding_mode!r}")
         if isinstance(padding, str):
             raise ValueError(f"padding must be an int or a tuple for a transposed layer, got {padding!r}")
+        if terms.is_terms(op, reduce, None):
+            raise NotImplementedError("op terms and two-level reductions are not implemented for transposed layers")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          device, dtype, op=op, reduce=reduce, init=init, shapes=shapes, backend=backend, grad=grad)
         self.output_padding = _tuple(output_padding, self._dims, "output_padding")

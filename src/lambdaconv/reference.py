@@ -6,6 +6,7 @@ gives the exact gradients. Padded taps under padding_mode="ignore" are never eva
 evaluated and masked: a masked inf would still poison the gradient). Memory is
 N x O x C/groups x K x P: for small shapes only (tests, debugging).
 
+`reduce` may be a pair (inner, outer): OUTER over c of INNER over k (two-level, lambdaconv.terms).
 `dtype` is float64 for the reference itself; backends/composite.py runs the same definition in
 the compute dtype (float32 for float32 / half inputs), for second derivatives and torch.func.
 """
@@ -41,9 +42,16 @@ def reference_conv(x, spec: OpSpec, weights: dict, bias, g: Geometry, reduce: st
             wv[name] = t.reshape(g.cout_per_group, g.cin_per_group, K)[:, :, kk][None]  # (1, Og, Cg, V)
         vals = evaluate(spec.expr, xv, wv, dtype=dtype)
         vals = vals.expand(g.batch, g.cout_per_group, g.cin_per_group, kk.numel())
-        full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), reductions.get(reduce).identity,
+        ident = reductions.get(reduce[0] if isinstance(reduce, tuple) else reduce).identity  # at taps left out
+        full = torch.full((g.batch, g.cout_per_group, g.cin_per_group, K, P), ident,
                           dtype=dtype, device=x.device)
         full = _scatter(full, vals, kk, pp)
+        if isinstance(reduce, tuple):  # two-level (inner, outer): inner over each channel's taps, outer over channels
+            inner, outer = (reductions.get(r) for r in reduce)
+            taps = full.permute(0, 1, 4, 2, 3)  # (N, Og, P, Cg, K)
+            per_c = inner.reference(taps, -1, valid.sum(0)[:, None])
+            outs.append(outer.reference(per_c, -1, torch.tensor(g.cin_per_group, device=x.device)))
+            continue
         taps = full.permute(0, 1, 4, 2, 3).reshape(g.batch, g.cout_per_group, P, g.cin_per_group * K)
         # max / min: torch's gradient goes to one selected tap, as documented
         outs.append(reductions.get(reduce).reference(taps, -1, valid.sum(0) * g.cin_per_group))
