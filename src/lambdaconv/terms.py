@@ -177,7 +177,7 @@ def _post(post, names):
             expr, reads = parse_string(post, require_x=False)
         except ValueError as err:
             raise ValueError(f"post: {err}") from None
-        if "x" in reads:
+        if leaves(expr, "input"):
             raise ValueError(f"post {post!r} uses x: post reads the reduced terms ({', '.join(names)}) and per-filter "
                              f"weights, not the input")
         return expr, reads, post
