@@ -245,3 +245,47 @@ def test_a_later_term_that_cannot_run_raises_before_the_first_runs(monkeypatch):
         lc.conv2d(x, {"s": "x*W"}, {"W": w, "p": torch.ones(4)}, post="s")
     with pytest.raises(ValueError, match="read only by post"):
         lc.Conv2d(3, 4, 3, op={"s": "x*W"}, post="s*p", shapes={"p": "full"})
+
+
+def test_edge_inputs_and_dtypes():
+    """meta tensors, zero input channels, an empty batch, unbatched input, bf16 and autocast, torch.compile."""
+    ops, red = {"s": "x*W", "nx": "x*x", "nw": "W*W", "m": "abs(x-W)"}, {"s": "sum", "nx": "sum", "nw": "sum",
+                                                                          "m": ("max", "sum")}
+    post = SCS + " + m"
+
+    def ws(c=3, **f):
+        return {"W": torch.randn(4, c, 3, 3, **f), "p": torch.ones(4, **f), "q": 0.1}
+
+    def run(x, w):
+        return lc.conv2d(x, ops, w, padding=1, post=post, reduce=red)
+
+    assert run(torch.randn(2, 3, 8, 8, device="meta"), ws(device="meta")).shape == (2, 4, 8, 8)
+    w0 = ws(c=0)
+    w0["W"].requires_grad_()
+    y0 = run(torch.randn(2, 0, 8, 8), w0)
+    y0.sum().backward()
+    assert y0.shape == (2, 0, 8, 8) and torch.equal(w0["W"].grad, torch.zeros_like(w0["W"]))
+    assert run(torch.randn(0, 3, 8, 8), ws()).shape == (0, 4, 8, 8)
+    x, w = torch.randn(2, 3, 8, 8), ws()
+    y = run(x, w)
+    assert torch.allclose(run(x[0], w), y[0], atol=1e-6)
+    yb = run(x.bfloat16(), {k: v.bfloat16() if torch.is_tensor(v) else v for k, v in w.items()})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = run(x, w)
+    assert yb.dtype == ya.dtype == torch.bfloat16
+    assert rel_err(yb, y) < 2e-2 and rel_err(ya, y) < 2e-2
+    assert rel_err(torch.compile(run)(x, w), y) < 1e-6  # a graph break: the terms call runs eagerly
+
+
+def test_torch_func_grad_and_vmap():
+    ops, red = {"s": "x*W", "nx": "x*x", "m": "abs(x-W)"}, {"s": "sum", "nx": "sum", "m": ("max", "sum")}
+    post = "s / (sqrt(nx) + 0.1) + m"
+    x, w = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+
+    def f(w, x=x):
+        return lc.conv2d(x, ops, {"W": w}, padding=1, post=post, reduce=red)
+
+    wr = w.clone().requires_grad_()
+    f(wr).square().sum().backward()
+    assert torch.allclose(torch.func.grad(lambda w: f(w).square().sum())(w), wr.grad)
+    assert torch.allclose(torch.func.vmap(lambda xi: f(w, xi))(x[:, None])[:, 0], f(w))

@@ -13,6 +13,7 @@ import dataclasses
 import math
 
 from . import calls, cost, terms
+from .explain_terms import explain_terms
 from .backends import registry
 from .ir import resolve_op, resolve_reduce, with_grad
 from .plan import Plan, plan_for
@@ -61,4 +62,4 @@ def _explain_terms(op, reduce, post, input, weights, dims, grad, kw):
     d = dims
     if input is not None and d is None:
         d = input.dim() - 2
-    return terms.explain_terms(op, reduce, post, d=d, input=input, weights=weights, **kw)
+    return explain_terms(op, reduce, post, d=d, input=input, weights=weights, **kw)

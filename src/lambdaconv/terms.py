@@ -202,6 +202,7 @@ class _Prepared:
     g: object  # the shared Geometry
     work: list  # (how, term, weights) per term
     post_w: dict  # post's weights, as (1, groups, out/groups, 1...)
+    ws: dict  # the terms' weights, as (O or 1, C/groups or 1, *k or 1s)
     bias: object
     args: tuple  # (d, stride, padding, dilation, groups, padding_mode, backend)
 
@@ -265,8 +266,9 @@ def prepare(d, input, ts: Terms, weights, bias, stride, padding, dilation, group
         if tuple(bias.shape) != (o,):
             raise ValueError(f"bias must have shape ({o},) (out_channels), got {tuple(bias.shape)}")
     args = (d, stride, padding, dilation, groups, padding_mode, backend)
-    work = [_how(t, ws, wshape, x, g, args) for t in ts.terms]
-    return _Prepared(x, unbatched, g, work, post_w, bias, args)
+    # zero input channels: an empty (N, 0, *out) output, as torch's convolutions (calls.no_kernel)
+    work = [_how(t, ws, wshape, x, g, args) for t in ts.terms] if g.in_channels else []
+    return _Prepared(x, unbatched, g, work, post_w, ws, bias, args)
 
 
 def _how(t: Term, ws, wshape, x, g, args):
@@ -290,6 +292,10 @@ def _how(t: Term, ws, wshape, x, g, args):
     return "direct", t, tw
 
 
+# Under torch.compile a terms call is a graph break and runs eagerly: the validation and the
+# stacking layout walk the IR in Python, which Dynamo cannot trace (the single-op route has its
+# own custom op instead, library.py).
+@torch.compiler.disable
 def conv_terms(d, input, op, weights, bias, stride, padding, dilation, groups, reduce, padding_mode, backend,
                grad, post):
     """functional.convnd for op dicts, two-level reduces and post= (see the module docstring)."""
@@ -308,6 +314,8 @@ def conv_terms(d, input, op, weights, bias, stride, padding, dilation, groups, r
 def _run(ts: Terms, p: _Prepared):
     d, stride, padding, dilation, groups, padding_mode, backend = p.args
     x, g = p.x, p.g
+    if not g.in_channels:
+        return calls.no_kernel(x, p.bias, {**p.ws, **p.post_w}, backends.Call(None, None, g, x.device, x.dtype))
     G, og = g.groups, g.cout_per_group
     vals = {}
     todo = [(t, w) for how, t, w in p.work if how == "stacked"]
@@ -339,6 +347,9 @@ def _run(ts: Terms, p: _Prepared):
     y = y.expand(shape).reshape((g.batch, g.out_channels) + g.out_size)
     if p.bias is not None:
         y = y + p.bias.to(ct).reshape((1, -1) + (1,) * d)
+    dev = x.device.type  # under autocast the output has the autocast dtype, as a single-op conv's (nn.Conv2d's)
+    if dev in ("cpu", "cuda", "xpu") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
+        return y.to(torch.get_autocast_dtype(dev))
     return y.to(x.dtype)
 
 
@@ -368,70 +379,3 @@ def _constant(t: Term, ws: dict, g, ct, device) -> torch.Tensor:
     return out[:, inv].reshape((1, g.groups, o // g.groups) + g.out_size)
 
 
-
-# ------------------------------------------------------------------------------------------ explain
-
-@dataclass(frozen=True)
-class TermsPlan:
-    """What explain() returns for terms: each term, how it runs, and the epilogue (printable)."""
-    terms: tuple  # (name, op, reduce, how) per term
-    post: str  # the epilogue, as written
-    lines: tuple  # everything, as printed
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines)
-
-
-def _how_text(t: Term, how: str, backend: str) -> str:
-    if how == "constant":
-        return "constant: no x, a per-filter value computed once per call from the weights"
-    shared = "; no weights: one value per group, computed once and broadcast over the filters" if t.shared else ""
-    if how == "stacked":
-        return "stacked: a block of the one native convolution of the separable terms" + shared
-    if how == "two-level":
-        inner, outer = t.reduce
-        return (f"two-level: {inner} over each input channel's taps (a conv with groups = in_channels, "
-                f"{backend}), then {outer} over the group's channels" + shared)
-    return f"direct ({backend}): {plan_for(t.spec, t.reduce).reason}" + shared
-
-
-def explain_terms(op, reduce=None, post=None, *, d=None, input=None, weights=None, bias=None, stride=1, padding=0,
-                  dilation=1, groups=1, padding_mode="zeros", backend="auto") -> TermsPlan:
-    ts = parse(op, reduce, post)
-    p = None
-    if input is not None:
-        p = prepare(d, input, ts, weights, bias, stride, padding, dilation, groups, padding_mode, backend)
-        hows = [(how, t, w) for how, t, w in p.work]
-    else:  # no tensors: what the plan alone says ("auto", no geometry)
-        hows = [("constant" if not t.uses_x else "two-level" if isinstance(t.reduce, tuple) else
-                 "stacked" if plan_for(t.spec, t.reduce).strategy == "decompose" else "direct", t, None) for t in ts.terms]
-    rows, lines = [], [f"terms:     {len(ts.terms)}, each reduced over the same window"]
-    for how, t, w in hows:
-        be = backend
-        if p is not None and how in ("direct", "two-level") and backend == "auto":
-            be = _backend_name(t, how, w, p)
-        red = t.reduce if isinstance(t.reduce, str) else f"({t.reduce[0]}, {t.reduce[1]})"
-        rows.append((t.name, t.spec.source, t.reduce, how))
-        lines.append(f"  {t.name} = {t.spec.source}   reduce {red}   {_how_text(t, how, be)}")
-    items = [(t.spec, t.reduce, w) for how, t, w in hows if how == "stacked"]
-    if items and p is not None:
-        lines.append(f"stacked:   {stacked.describe(items, p.g)}")
-    elif items:
-        lines.append(f"stacked:   one native convolution over the union of the terms' g_i(x) "
-                     f"({', '.join(t.name for how, t, _ in hows if how == 'stacked')})")
-    text = ts.post_text or (ts.terms[0].name if ts.post is None else "")
-    extra = f" (weights: {', '.join(n for n in ts.post_reads if n not in ts.names)})" \
-        if any(n not in ts.names for n in ts.post_reads) else ""
-    lines.append(f"post:      {text} per output element{extra}, in torch ops (exact autograd), then + bias")
-    return TermsPlan(tuple(rows), text, tuple(lines))
-
-
-def _backend_name(t: Term, how: str, w: dict, p: _Prepared) -> str:
-    d, stride, padding, dilation, groups, padding_mode, backend = p.args
-    if how == "direct":
-        return calls.prepare_and_select(d, p.x, t.spec, w, None, stride, padding, dilation, groups, t.reduce,
-                                        padding_mode, backend, shown=t.spec.source)[-1].name
-    full = (torch.broadcast_shapes(*(v.shape for v in w.values()))[0], p.g.cin_per_group) + p.g.kernel
-    gi = make_geometry(d, tuple(p.x.shape), (p.g.in_channels * (full[0] // p.g.groups), 1) + p.g.kernel, stride,
-                       padding, dilation, p.g.in_channels, padding_mode)
-    return backends.select(backend, backends.Call(t.spec, t.reduce[0], gi, p.x.device, p.x.dtype)).name
