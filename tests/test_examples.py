@@ -25,3 +25,14 @@ def test_autoencoder_two_epochs():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     mse = [float(line.split("test MSE ")[1].split()[0]) for line in r.stdout.splitlines() if "adder" in line]
     assert len(mse) == 2 and mse[1] < mse[0]  # the adder decoder learns
+
+
+def test_gallery_one_epoch():
+    """Every gallery layer trains (one epoch on 320 images, to stay fast) and the table is printed."""
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "gallery.py"), "--epochs", "1", "--train-size", "320"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = r.stdout.split("vs Conv2d")[-1]
+    for name in ("nn.Conv2d", "AdderNet", "max-sum", "logsumexp", "Kerv-poly", "Kerv-Gauss", "SCS"):
+        assert f"\n{name} " in table, name
