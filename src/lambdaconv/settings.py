@@ -26,6 +26,8 @@ be changed for a block of code (tests, sweeps) with `override`:
 | gluon_gw_tile | LAMBDACONV_GLUON_GW_TILE | None | "TO,TC,WO,WC" tile of the Gluon weight gradient |
 | gluon_gw_u | LAMBDACONV_GLUON_GW_U | None | blocks of rows per loop iteration of the Gluon weight gradient |
 | gluon_gw_per_sm | LAMBDACONV_GLUON_GW_PER_SM | None | weight-gradient programs per SM |
+| cpu_compile | LAMBDACONV_CPU_COMPILE | "auto" | direct ops on CPU compiled by Inductor: "auto" for calls of at least cpu_compile_min_taps taps, "1" every call, "0" never (the tiled path) |
+| cpu_compile_min_taps | LAMBDACONV_CPU_COMPILE_MIN_TAPS | 2**22 | the smallest call (taps of one forward) that "auto" compiles: below it a compile costs more than it saves |
 | tile_elements | LAMBDACONV_TILE_ELEMENTS | 2**20 | the tiled backend's tile budget on CPU (elements) |
 | tile_elements_gpu | LAMBDACONV_TILE_ELEMENTS_GPU | 2**25 | the same on GPU |
 
@@ -47,6 +49,7 @@ _ENV = {  # field -> environment variable (the table above)
     "gluon_gx_bk": "GLUON_GX_BK", "gluon_gx_maxnreg": "GLUON_GX_MAXNREG", "gluon_gw_maxnreg": "GLUON_GW_MAXNREG",
     "gluon_gw_tile": "GLUON_GW_TILE", "gluon_gw_u": "GLUON_GW_U", "gluon_gw_per_sm": "GLUON_GW_PER_SM",
     "tile_elements": "TILE_ELEMENTS", "tile_elements_gpu": "TILE_ELEMENTS_GPU",
+    "cpu_compile": "CPU_COMPILE", "cpu_compile_min_taps": "CPU_COMPILE_MIN_TAPS",
 }
 
 
@@ -70,6 +73,8 @@ class Settings:
     gluon_gw_per_sm: Optional[int] = None
     tile_elements: int = 1 << 20
     tile_elements_gpu: int = 1 << 25
+    cpu_compile: str = "auto"
+    cpu_compile_min_taps: int = 1 << 22
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -48,6 +48,9 @@ class Backend:
     runner_for: Optional[Callable] = None
     # (call) -> lines saying what runs (kernels, configs, tiles): explain(..., input=, weights=)
     describe: Optional[Callable[[Call], tuple]] = None
+    # (call) -> why "auto" passes over this backend although it can run the call (a compiled backend
+    # on a call too small for its compile to pay back), or None. Naming the backend still runs it.
+    passes_over: Optional[Callable[[Call], Optional[str]]] = None
 
 
 _BACKENDS: dict = {}
@@ -89,7 +92,7 @@ def select(name: str, call: Call) -> Backend:
         return b
     ranked = sorted((b for b in _BACKENDS.values() if b.priority is not None), key=lambda b: b.priority)
     for b in ranked:
-        if unsupported(b, call) is None:
+        if unsupported(b, call) is None and (b.passes_over is None or b.passes_over(call) is None):
             return b
     raise RuntimeError("no backend supports this convolution")  # tiled supports everything
 

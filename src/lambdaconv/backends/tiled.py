@@ -132,21 +132,29 @@ class TiledConv(torch.autograd.Function):
             _backward_select(c, win, gxp, gw, gy, arg)
         else:
             _backward_dense(c, win, gxp, gw, gy, y, ctx)
-        gx = None
-        if need_x:
-            (gx,) = torch.autograd.grad(xp, xr, gxp)
-            gx = gx.to(x.dtype)
-        gb = None
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
-            gb = gy.sum([0] + list(range(2, 2 + g.dims))).to(ctx.bias_dtype)
-        gws = []
-        for w, n, need in zip(wts, c.names, ctx.needs_input_grad[6:]):
-            if not need:
-                gws.append(None)
-                continue
-            full = gw[n].reshape((g.out_channels, g.cin_per_group) + g.kernel)
-            gws.append(full.sum_to_size(w.shape).to(w.dtype))
+        gx, gb, gws = finish_backward(ctx, x, xr, xp, gxp, gw, gy, g, c.names, wts, ctx.needs_input_grad[6:])
         return (gx, gb, None, None, None, None, *gws)
+
+
+def finish_backward(ctx, x, xr, xp, gxp, gw: dict, gy, g: Geometry, names, wts, need_w):
+    """(grad x, grad bias, [grad of each weight]) from the padded input's gradient gxp (through
+    the padding's own adjoint: xp = pad_input(xr) was recorded) and each weight's full-size
+    gradient gw[name] (reshapeable to (O, CG, *K)), summed back to the weight's broadcast shape."""
+    gx = None
+    if ctx.needs_input_grad[0]:
+        (gx,) = torch.autograd.grad(xp, xr, gxp)
+        gx = gx.to(x.dtype)
+    gb = None
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
+        gb = gy.sum([0] + list(range(2, 2 + g.dims))).to(ctx.bias_dtype)
+    gws = []
+    for w, n, need in zip(wts, names, need_w):
+        if not need:
+            gws.append(None)
+            continue
+        full = gw[n].reshape((g.out_channels, g.cin_per_group) + g.kernel)
+        gws.append(full.sum_to_size(w.shape).to(w.dtype))
+    return gx, gb, gws
 
 
 def _backward_dense(c: _Ctx, win, gxp, gw, gy, y, ctx):

@@ -19,8 +19,11 @@ def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None
     return evaluate_many([e], x, weights, dtype=dtype, device=device, arena=arena)[0]
 
 
-def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None):
-    """Evaluate several expressions sharing one memo (partials reuse the forward's nodes)."""
+def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None,
+                  scalars: bool = False):
+    """Evaluate several expressions sharing one memo (partials reuse the forward's nodes).
+    scalars: constants stay Python floats where an op also takes a tensor (graphs that a compiler
+    traces: x ** 2.0 then lowers to x * x, where a 0-d tensor exponent is a general pow)."""
     dtype = dtype or x.dtype
     device = device or x.device
     memo = {}
@@ -34,9 +37,10 @@ def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, de
             elif n.op == "weight":
                 v = weights[n.value]
             elif n.op == "const":
-                v = _const(n.value, arena, dtype, device)
+                v = float(n.value) if scalars else _const(n.value, arena, dtype, device)
             else:
-                v = _apply(n, [memo[a] for a in n.args], arena, dtype, device)
+                args = [memo[a] for a in n.args]
+                v = _apply_scalars(n, args, dtype, device) if scalars else _apply(n, args, arena, dtype, device)
             memo[n] = v
         out.append(memo[e])
     return out
@@ -63,3 +67,14 @@ def _apply(n: Expr, args: list, arena, dtype, device):
     if buf is None:
         buf = arena[(n, shape)] = torch.empty(shape, dtype=torch.bool if spec.boolean else dtype, device=device)
     return spec.torch(*args, out=buf)
+
+
+def _apply_scalars(n: Expr, args: list, dtype, device):
+    """_apply with Python-float constants, as 0-d tensors where the torch function takes none
+    (torch.maximum, or an op of constants only)."""
+    if any(isinstance(a, torch.Tensor) for a in args):
+        try:
+            return OPS[n.op].torch(*args)
+        except TypeError:
+            pass
+    return OPS[n.op].torch(*[a if isinstance(a, torch.Tensor) else _const(a, None, dtype, device) for a in args])

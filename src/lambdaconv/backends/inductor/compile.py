@@ -1,0 +1,117 @@
+"""Compile a function of tensors with Inductor, once per key, without dynamo.
+
+The function (graphs.py) is traced by make_fx under a fake mode with static shapes, and the aten
+graph goes to torch._inductor.compile: Inductor's C++ backend fuses it into OpenMP loops and keeps
+the result in its own on-disk cache (the FX graph cache, keyed by the graph and the shapes), so a
+new process with the same op and shapes loads the compiled code instead of compiling it. The fake
+mode carries a ShapeEnv and the compile runs inside a TracingContext: without them Inductor
+bypasses that cache. Dynamo is not involved: it would count every op and shape as a recompile of
+one function (its limit is 8) and guard on every call.
+
+If Inductor cannot compile here (no C++ compiler, a torch without it), `Unavailable` is raised with
+the reason; the backend then warns once and runs the tiled path.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import torch
+
+_COMPILED: dict = {}
+_MAX = 256  # compiled graphs kept per process (each holds a loaded shared library)
+_failed: list = []  # the reason Inductor could not compile, once it failed
+_lock = threading.Lock()
+NOTICE_S = 2.0  # a compile taking longer than this prints one line saying what it compiles
+
+
+class Unavailable(RuntimeError):
+    """Inductor cannot compile on this machine; the message says why."""
+
+
+def failed() -> str | None:
+    """Why compiling failed in this process (then the backend stays off), or None."""
+    return _failed[0] if _failed else None
+
+
+def _notice(what: str):
+    """A timer that prints one line to stderr if the compile outlasts NOTICE_S."""
+    t = threading.Timer(NOTICE_S, lambda: print(f"lambdaconv: compiling {what} with Inductor "
+                                                f"(once per op and shape; cached on disk)", file=sys.stderr,
+                                                flush=True))
+    t.daemon = True
+    t.start()
+    return t
+
+
+def compiled(key, fn, args: list, what: str):
+    """fn compiled for tensors shaped and strided like `args` (a list), cached under `key`. The
+    compiled callable takes the tensors positionally and returns a list."""
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        return hit
+    if _failed:
+        raise Unavailable(_failed[0])
+    with _lock:
+        hit = _COMPILED.get(key)
+        if hit is None:
+            timer = _notice(what)
+            try:
+                hit = _build(fn, args)
+            except Exception as err:
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+                if _is_environment(err):
+                    _failed.append(reason)
+                    raise Unavailable(reason) from err
+                raise
+            finally:
+                timer.cancel()
+            if len(_COMPILED) >= _MAX:
+                _COMPILED.clear()
+            _COMPILED[key] = hit
+    return hit
+
+
+def _is_environment(err: Exception) -> bool:
+    """A failure of the machine (no compiler, no Inductor), not of this graph."""
+    name = type(err).__name__
+    text = str(err)
+    return (isinstance(err, (ImportError, OSError)) or "CppCompileError" in name or "InvalidCxxCompiler" in name
+            or "compiler" in text.lower() and ("not found" in text.lower() or "no such file" in text.lower()))
+
+
+def _build(fn, args: list):
+    import torch._guards
+    import torch._inductor
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    # fresh stand-ins, one per argument: a tensor passed twice (or views of one storage) would be
+    # traced as one aliased input, and the graph compiled for that aliasing
+    args = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device) for a in args]
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    # the graph is the function as written: no autocast casts, no autograd recording, no inference-
+    # mode tensors (which make_fx cannot trace)
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+        with mode:
+            fake = [mode.from_tensor(a, static_shapes=True) for a in args]
+            gm = make_fx(fn, tracing_mode="fake")(*fake)
+        with torch._guards.tracing(torch._guards.TracingContext(mode)):
+            return torch._inductor.compile(gm, fake)
+
+
+def clear() -> None:
+    """Forget the compiled graphs of this process (tests)."""
+    _COMPILED.clear()
+    _failed.clear()
+
+
+def timed_build(fn, args: list) -> float:
+    """Seconds to build fn for args, uncached (benchmarks of the compile itself)."""
+    t0 = time.perf_counter()
+    _build(fn, args)
+    return time.perf_counter() - t0
+
+

@@ -1,0 +1,135 @@
+"""The Inductor-compiled CPU direct path against the float64 reference, forward and every gradient.
+
+Each case compiles (a second or two), so the cases sample the space: every reduction at every
+geometry of test_backends, the padding modes, the dtypes, grad= overrides, transposed holes, and
+second derivatives; plus how "auto" chooses it and the fallback where Inductor cannot compile."""
+import warnings
+
+import pytest
+import torch
+
+import lambdaconv as lc
+from lambdaconv import reductions
+from lambdaconv.backends import inductor, registry
+from lambdaconv.backends.inductor import compile as ind_compile
+
+from conftest import check_backend
+from test_backends import GEOMS, _case
+from test_grad_override import ADDER, _hand
+
+pytestmark = pytest.mark.skipif(ind_compile.failed() is not None, reason="Inductor cannot compile here")
+
+OP_FOR = {"uniform": "sigmoid(A*x)*B", "count": "tanh(x*A+B)", "softmax": "-abs(x-W)", "select": "x+W"}
+
+
+_FIRST_OF_KIND = {r.backward: r.name for r in reversed(reductions.all_records())}
+# every reduction at the first geometry; at the others, one reduction of each backward kind
+CASES = [(r, gi) for gi in range(len(GEOMS)) for r in reductions.names() if gi == 0 or r in _FIRST_OF_KIND.values()]
+
+
+@pytest.mark.parametrize("reduce,geom", CASES)
+def test_every_reduction_and_geometry(reduce, geom):
+    d, size, k, cin, cout, kw = GEOMS[geom]
+    op = OP_FOR[reductions.get(reduce).backward]
+    x, ws, b = _case(op, d, size, k, cin, cout, kw, False)
+    check_backend("inductor", d, x, op, ws, b, reduce=reduce, **kw)
+
+
+@pytest.mark.parametrize("mode", ["ignore", "circular", "reflect"])
+@pytest.mark.parametrize("reduce", ["mean", "max", "logsumexp"])
+def test_padding_modes(reduce, mode):
+    d, size, k, cin, cout, kw = GEOMS[1]  # stride 2, dilation, asymmetric padding
+    op = "A*log(x) + sqrt(x)*B" if reduce == "mean" else "adder"  # x > 0: padded taps are the only zeros
+    x, ws, b = _case(op, d, size, k, cin, cout, kw, op != "adder")
+    check_backend("inductor", d, x, op, ws, b, reduce=reduce, padding_mode=mode, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtypes(dtype):
+    d, size, k, cin, cout, kw = GEOMS[0]
+    x, ws, b = _case("relu(x-A)*B", d, size, k, cin, cout, kw, False, dtype=dtype)
+    check_backend("inductor", d, x, "relu(x-A)*B", ws, b, reduce="sum", **kw)
+
+
+def test_broadcast_and_shared_weights():
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(6, 1, 1, 1, dtype=torch.float64, requires_grad=True)  # one per filter
+    b = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)  # shared by the filters
+    check_backend("inductor", 2, x, "A*(x-B)", {"A": a, "B": b}, None, padding=1)
+    got, want = (torch.autograd.grad(lc.conv2d(x, "A*(x-B)", {"A": a, "B": a}, padding=1, backend=be).sum(), [x, a])
+                 for be in ("inductor", "reference"))  # one tensor as both weights: both slots' gradients
+    for p, q in zip(got, want):
+        assert torch.allclose(p, q, atol=1e-10)
+
+
+@pytest.mark.parametrize("reduce", [r.name for r in reductions.all_records() if r.backward != "softmax"])
+def test_grad_override_matches_the_hand_computation(reduce):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 4, 6, 5, generator=g, dtype=torch.float64)
+    y = lc.conv2d(x, "adder", {"weight": w}, padding=1, reduce=reduce, backend="inductor", grad=ADDER)
+    gx, gw = torch.autograd.grad(y, [x, w], gy)
+    hx, hw = _hand(x.detach(), w.detach(), gy, lambda a, b: (b - a).clamp(-1, 1), lambda a, b: a - b, reduce)
+    assert torch.allclose(gx, hx, atol=1e-10) and torch.allclose(gw, hw, atol=1e-10)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "logsumexp"])
+def test_transposed_holes(reduce, lc_settings):
+    from test_transpose import definition
+    lc_settings(cpu_compile="1")  # "auto" picks it at any size
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    args = ((2, 1), (1, 0), (1, 0), 1, (1, 2))
+    y = lc.conv_transpose2d(x, "adder", {"weight": w}, None, *args, reduce=reduce)
+    want = definition(x.detach(), "adder", {"weight": w.detach()}, None, *args, reduce)
+    assert torch.allclose(y, want, atol=1e-10, equal_nan=True)
+    ref = lc.conv_transpose2d(x, "adder", {"weight": w}, None, *args, reduce=reduce, backend="tiled")
+    fin = torch.isfinite(want)
+    for a, b in zip(torch.autograd.grad(y[fin].sum(), [x, w]), torch.autograd.grad(ref[fin].sum(), [x, w])):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_second_derivatives():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w: lc.conv2d(x, "sigmoid(A*x)*B", {"A": w, "B": w * 0.5}, padding=1,  # noqa: E731
+                                reduce="logsumexp", backend="inductor")
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_auto_compiles_only_calls_large_enough(lc_settings):
+    small = lc.explain("adder", input=torch.randn(1, 2, 5, 5), weights={"weight": torch.randn(3, 2, 3, 3)})
+    assert small.backend == "tiled"
+    big_x, big_w = torch.randn(4, 32, 32, 32), {"weight": torch.randn(32, 32, 3, 3)}
+    plan = lc.explain("adder", input=big_x, weights=big_w)
+    assert plan.backend == "inductor" and "Inductor-compiled" in str(plan)
+    lc_settings(cpu_compile="0")
+    assert lc.explain("adder", input=big_x, weights=big_w).backend == "tiled"
+    lc_settings(cpu_compile="1")
+    assert lc.explain("adder", input=torch.randn(1, 2, 5, 5), weights={"weight": torch.randn(3, 2, 3, 3)}).backend \
+        == "inductor"
+    assert registry.get("inductor").unsupported(registry.Call(
+        lc.ir.resolve_op("adder"), "sum", None, torch.device("meta"), torch.float32)) is not None
+
+
+def test_falls_back_to_tiled_with_one_warning(monkeypatch):
+    def no_compiler(fn, args):
+        raise OSError("no C++ compiler")
+    monkeypatch.setattr(ind_compile, "_build", no_compiler)
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    monkeypatch.setattr(ind_compile, "_failed", [])
+    monkeypatch.setattr(inductor, "_warned", [])
+    x = torch.randn(1, 2, 5, 7, dtype=torch.float64)
+    w = {"weight": torch.randn(3, 2, 3, 3, dtype=torch.float64)}
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        y = lc.conv2d(x, "adder", w, padding=1, backend="inductor")
+    assert torch.allclose(y, lc.conv2d(x, "adder", w, padding=1, backend="reference"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only; and "auto" no longer picks it
+        with lc.settings.override(cpu_compile="1"):
+            assert lc.explain("adder", input=x, weights=w).backend == "tiled"
+    x2 = torch.randn(1, 2, 6, 6, dtype=torch.float64)  # a new call naming it: refused, saying why
+    with pytest.raises(ValueError, match="could not compile"):
+        lc.conv2d(x2, "adder", w, padding=1, backend="inductor")
