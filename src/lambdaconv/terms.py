@@ -35,6 +35,7 @@ import torch
 from . import backends, calls, functional, reductions, twolevel
 from .backends import stacked
 from .backends.composite import compute_dtype
+from .backends.decompose import _compile
 from .geometry import make_geometry, valid_taps
 from .ir import OpSpec, evaluate, leaves, node, resolve_op, resolve_reduce, weight
 from .ir.parse import _CONSTS, parse_string
@@ -61,6 +62,7 @@ class Terms:
     weight_names: tuple  # the weights the terms use, first appearance first
     post_weights: tuple  # weights read only by post (a layer creates them with shape (out_channels,))
     post_text: str
+    post_fn: object = None  # a string post compiled to torch ops with Python-float constants (decompose._compile)
 
     @property
     def names(self) -> tuple:
@@ -162,7 +164,10 @@ def _parse(op, reduce, post) -> Terms:
         if shared:
             s = OpSpec(node("mul", s.expr, weight(ONE)), (ONE,), s.default_reduce, s.source)
         terms.append(Term(n, s, per[n], uses_x, shared))
-    return Terms(tuple(terms), post_expr, reads, weight_names, post_weights, text)
+    # constants as Python floats: (s + c) ** 2 is then a square, where a 0-d tensor exponent would
+    # take torch.pow's general (several times slower) path
+    fn = _compile(post_expr) if post_expr is not None and not callable(post_expr) else None
+    return Terms(tuple(terms), post_expr, reads, weight_names, post_weights, text, fn)
 
 
 def _post(post, names):
@@ -339,7 +344,9 @@ def _run(ts: Terms, p: _Prepared):
     elif callable(ts.post):
         y = ts.post(**{n: env[n] for n in ts.post_reads})
     else:
-        y = evaluate(ts.post, next(iter(env.values())), env, dtype=ct)
+        y = ts.post_fn(None, env)
+        if not isinstance(y, torch.Tensor):  # a constant post
+            y = torch.full((), y, dtype=ct, device=x.device)
     shape = (g.batch, G, og) + g.out_size
     if not isinstance(y, torch.Tensor) or torch.broadcast_shapes(y.shape, shape) != shape:
         raise ValueError(f"post gave {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}, which "
