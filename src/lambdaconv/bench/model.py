@@ -27,7 +27,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lambdaconv as lc
-from .. import settings
 from ..ir import resolve_op
 from . import cases, study, timing
 
@@ -135,9 +134,7 @@ def first_steps(name: str, label: str, case, device, timeout: float) -> dict:
     op, reduce = (BASE, "sum") if case is None else (case.op, case.reduce)
     out = {}
     with tempfile.TemporaryDirectory(prefix="lambdaconv-first-step-") as tmp:
-        env = settings.child_environ(LAMBDACONV_CACHE=os.path.join(tmp, "lambdaconv"),
-                                     TRITON_CACHE_DIR=os.path.join(tmp, "triton"),
-                                     TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, "inductor"))
+        env = study.cache_environ(tmp)
         for key in ("empty", "warm"):
             r = subprocess.run([sys.executable, "-m", "lambdaconv.bench.model", "--child", name, op, reduce,
                                 str(device)], env=env, capture_output=True, text=True, timeout=timeout)

@@ -73,6 +73,16 @@ def timed(rows_by_name: dict, times: dict, errors: dict) -> None:
         rows_by_name[name]["note"] = err
 
 
+def cache_environ(root: str) -> dict:
+    """The environment for a child process whose compile caches (lambdaconv's, Triton's,
+    Inductor's) live under `root` (a fresh directory: empty caches; the same one again: warm)."""
+    import os
+    from .. import settings
+    return settings.child_environ(LAMBDACONV_CACHE=os.path.join(root, "lambdaconv"),
+                                  TRITON_CACHE_DIR=os.path.join(root, "triton"),
+                                  TORCHINDUCTOR_CACHE_DIR=os.path.join(root, "inductor"))
+
+
 def parse_settings(text: str) -> dict:
     """"gluon_bwd=1,gluon_sgn=x" -> {"gluon_bwd": "1", "gluon_sgn": "x"}, each value typed as the
     lambdaconv.settings field it sets (ValueError on an unknown field or a bad value); "" -> {}."""

@@ -83,7 +83,8 @@ def _is_environment(err: Exception) -> bool:
 
 def _build(fn, args: list):
     import torch._guards
-    import torch._inductor
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -97,9 +98,12 @@ def _build(fn, args: list):
     with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
         with mode:
             fake = [mode.from_tensor(a, static_shapes=True) for a in args]
-            gm = make_fx(fn, tracing_mode="fake")(*fake)
+            # Inductor's decompositions at trace time: the graph is what its lowering takes, and
+            # compile_fx_inner compiles it directly (no second trace through AOT autograd)
+            gm = make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode="fake")(*fake)
         with torch._guards.tracing(torch._guards.TracingContext(mode)):
-            return torch._inductor.compile(gm, fake)
+            inner = compile_fx_inner(gm, fake)
+    return lambda *a: inner(list(a))
 
 
 def clear() -> None:
