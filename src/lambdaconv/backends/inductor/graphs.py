@@ -118,8 +118,9 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
         xw = s.x_window(x)
         (t,) = evaluate_many([spec.expr], xw, ws, scalars=True)
         t = _full(t, s.full_out)
+        mask = extra.pop(0) if masked else None
         if masked:
-            t = torch.where(s.mask_window(extra.pop(0)), t, rec.identity)
+            t = torch.where(s.mask_window(mask), t, rec.identity)
         if rec.backward == "select":
             v = t.amax(red) if rec.name == "max" else t.amin(red)
         elif rec.backward == "count":
@@ -128,7 +129,11 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
         else:
             v = rec.reference(t, red, None)
         out = [s.to_output(v)]
-        if winner:
+        if winner:  # the taps again, as new nodes (see backward_fn)
+            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True)
+            t = _full(t, s.full_out)
+            if masked:
+                t = torch.where(s.mask_window(mask), t, rec.identity)
             hit = (t == v.reshape(v.shape + (1,) * (s.d + 1))) | torch.isnan(t)
             big = s.cg * s.ktaps
             out.append(s.to_output(torch.where(hit, s.winner_iota(x.device), big).amin(red)))
@@ -164,17 +169,18 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
         if True in need_w:
             ws = dict(zip(names, (s.weight(w) for w in wts)))
             xw = s.x_window(x)
-            exprs = [p for p, nd in zip(parts[1:], need_w) if nd] + ([spec.expr] if soft else [])
-            vals = evaluate_many(exprs, xw, ws, scalars=True)
-            sc = s.per_output(gy)
-            if soft:
-                sc = sc * torch.exp(vals[-1] - s.per_output(y))
-            it = iter(vals)
-            for nd in need_w:
+            for p, nd in zip(parts[1:], need_w):
                 if not nd:
                     out.append(None)
                     continue
-                term = sc * next(it)
+                # each reduction its own nodes: a node two reductions read would be realized
+                # (the whole taps tensor); apart, Inductor fuses the reductions into one loop
+                # nest and its CSE evaluates their shared subexpressions once
+                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True)
+                sc = s.per_output(gy)
+                if soft:
+                    sc = sc * torch.exp(vals[1] - s.per_output(y))
+                term = sc * vals[0]
                 if masked:
                     term = torch.where(s.mask_window(mask), term, 0.0)
                 gw = _full(term, s.full_out).sum(s.red_w)  # (G, OG, *K, CG)
