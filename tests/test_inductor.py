@@ -133,3 +133,17 @@ def test_falls_back_to_tiled_with_one_warning(monkeypatch):
     x2 = torch.randn(1, 2, 6, 6, dtype=torch.float64)  # a new call naming it: refused, saying why
     with pytest.raises(ValueError, match="could not compile"):
         lc.conv2d(x2, "adder", w, padding=1, backend="inductor")
+
+
+def test_torch_compile_of_a_model_with_compiled_layers(lc_settings):
+    lc_settings(cpu_compile="1")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(lc.Conv2d(3, 4, 3, padding=1, op="adder"), torch.nn.ReLU(),
+                            lc.Conv2d(4, 4, 3, padding=1, op="dilation"))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    assert lc.explain("adder", input=x, weights={"weight": m[0].weight}).backend == "inductor"
+    y0 = m(x)
+    g0 = torch.autograd.grad(y0.sum(), [x, *m.parameters()])
+    y1 = torch.compile(m, fullgraph=True)(x)
+    g1 = torch.autograd.grad(y1.sum(), [x, *m.parameters()])
+    assert torch.allclose(y0, y1) and all(torch.allclose(a, b) for a, b in zip(g0, g1))
