@@ -99,3 +99,21 @@ def test_max_plus_layer_and_its_terms():
                                     "s": lambda x, W: x * W}, red, lambda m, a, c, s: m + a * c - s, (), None,
                       padding=1)
     assert rel_err(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["auto", "tiled", "reference"])
+def test_ties_and_second_derivatives(backend):
+    """Ties (a constant input with W = 0): the gradient goes to the first winner, as torch.max's;
+    create_graph=True gives gradients that are differentiable again."""
+    x = torch.ones(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = lc.conv2d(x, "x + W", {"W": w}, padding=1, reduce=("max", "sum"), backend=backend)
+    ref = definition(x, {"W": w}, {"y": lambda x, W: x + W}, ("max", "sum"), None, (), None, padding=1)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for a, r in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(ref, (x, w), gy)):
+        assert torch.allclose(a, r, rtol=0, atol=1e-12)  # the same winners; sums in another order
+    d, x2, w2, b2, kw = _inputs((2, 4, 3, 1, 1, 1, 1, "zeros"), seed=4, n=1, c=2, o=2)
+    leaves = [x2.requires_grad_(), w2.requires_grad_()]
+    assert torch.autograd.gradgradcheck(
+        lambda x, w: lc.conv2d(x, "x*W", {"W": w}, reduce=("logsumexp", "sum"), backend=backend, **kw), leaves,
+        fast_mode=True)
