@@ -198,7 +198,7 @@ def test_explain_shows_terms_and_epilogue():
                       post="s + m * p + t", input=x, weights={"W": w, "p": torch.ones(4)}, padding=1)
     text = str(plan)
     assert [r[3] for r in plan.terms] == ["stacked", "direct", "two-level"]
-    assert "direct (tiled)" in text and "two-level: max over each input channel" in text
+    assert "direct (tiled)" in text and "two-level: max over each input channel's taps (fused tile by tile" in text
     assert "post:      s + m * p + t" in text and "(weights: p)" in text
 
 

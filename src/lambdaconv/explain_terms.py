@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends, calls
+from . import backends, calls, twolevel
 from .backends import stacked
 from .geometry import make_geometry
 from .plan import plan_for
@@ -32,8 +32,11 @@ def _how_text(t: Term, how: str, backend: str) -> str:
         return "stacked: a block of the one native convolution of the separable terms" + shared
     if how == "two-level":
         inner, outer = t.reduce
-        return (f"two-level: {inner} over each input channel's taps (a conv with groups = in_channels, "
-                f"{backend}), then {outer} over the group's channels" + shared)
+        route = {"fused": "fused tile by tile (twolevel_tiled)",
+                 "either": "on CPU fused tile by tile; elsewhere a conv with groups = in_channels"}.get(
+            backend, f"a conv with groups = in_channels, {backend}")
+        return f"two-level: {inner} over each input channel's taps ({route}), then {outer} over the group's channels" \
+            + shared
     return f"direct ({backend}): {plan_for(t.spec, t.reduce).reason}" + shared
 
 
@@ -50,8 +53,12 @@ def explain_terms(op, reduce=None, post=None, *, d=None, input=None, weights=Non
     rows, lines = [], [f"terms:     {len(ts.terms)}, each reduced over the same window"]
     for how, t, w in hows:
         be = backend
-        if p is not None and how in ("direct", "two-level") and backend == "auto":
+        if p is not None and how == "two-level" and twolevel.fused(backend, p.x):
+            be = "fused"
+        elif p is not None and how in ("direct", "two-level") and backend == "auto":
             be = _backend_name(t, how, w, p)
+        elif how == "two-level" and backend in ("auto", "tiled"):
+            be = "fused" if backend == "tiled" else "either"
         red = t.reduce if isinstance(t.reduce, str) else f"({t.reduce[0]}, {t.reduce[1]})"
         rows.append((t.name, t.spec.source, t.reduce, how))
         lines.append(f"  {t.name} = {t.spec.source}   reduce {red}   {_how_text(t, how, be)}")
