@@ -2,6 +2,8 @@
 against the float64 definition of tests/unfold_definition.py: forward and the gradients to x,
 every weight and the bias, over geometries (stride, padding modes, dilation, groups, 1-3 d) and
 every registered backend that runs the call."""
+import pickle
+
 import pytest
 import torch
 
@@ -147,6 +149,7 @@ def test_scs_module_as_in_the_issue():
     restored = lc.Conv2d(3, 8, 3, padding=1, op=layer.op, post=SCS, shapes=layer.shapes)
     restored.load_state_dict(layer.state_dict())
     assert torch.equal(restored(x), y)
+    assert torch.equal(pickle.loads(pickle.dumps(layer))(x), y)  # string terms and post pickle with the layer
 
 
 def test_callable_post_and_callable_terms():
