@@ -147,3 +147,19 @@ def test_torch_compile_of_a_model_with_compiled_layers(lc_settings):
     y1 = torch.compile(m, fullgraph=True)(x)
     g1 = torch.autograd.grad(y1.sum(), [x, *m.parameters()])
     assert torch.allclose(y0, y1) and all(torch.allclose(a, b) for a, b in zip(g0, g1))
+
+
+def test_a_graph_that_does_not_compile_runs_tiled(monkeypatch):
+    def lowering_bug(fn, args):
+        raise RuntimeError("cannot lower this op")
+    monkeypatch.setattr(ind_compile, "_build", lowering_bug)
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    monkeypatch.setattr(inductor, "_warned", [])
+    x = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = {"weight": torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)}
+    with pytest.warns(RuntimeWarning, match="cannot lower this op"):
+        y = lc.conv2d(x, "adder", w, padding=1, backend="inductor")
+    assert torch.allclose(y, lc.conv2d(x, "adder", w, padding=1, backend="reference"))
+    assert ind_compile.failed() is None  # the backend stays on for other graphs
+    y.sum().backward()
+    assert x.grad is not None

@@ -183,10 +183,10 @@ def _run(x, bias, weights, call):
     try:
         return InductorConv.apply(x, bias, call.spec, call.geometry, call.reduce, names, *weights.values())
     except Unavailable as err:
-        if not _warned:
-            _warned.append(True)
-            warnings.warn(f"lambdaconv: Inductor cannot compile on this machine ({err}); the direct ops run on "
-                          f"the tiled path (slower)", RuntimeWarning, stacklevel=3)
+        if str(err) not in _warned:  # once per reason
+            _warned.append(str(err))
+            warnings.warn(f"lambdaconv: Inductor cannot compile ({err}); this runs on the tiled path (slower)",
+                          RuntimeWarning, stacklevel=3)
         return TiledConv.apply(x, bias, call.spec, call.geometry, call.reduce, names, *weights.values())
 
 

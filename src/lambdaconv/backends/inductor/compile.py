@@ -13,21 +13,21 @@ the reason; the backend then warns once and runs the tiled path.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 import torch
 
+from ...notice import compiling
+
 _COMPILED: dict = {}
 _MAX = 256  # compiled graphs kept per process (each holds a loaded shared library)
 _failed: list = []  # the reason Inductor could not compile, once it failed
 _lock = threading.Lock()
-NOTICE_S = 2.0  # a compile taking longer than this prints one line saying what it compiles
 
 
 class Unavailable(RuntimeError):
-    """Inductor cannot compile on this machine; the message says why."""
+    """Inductor cannot compile here (on this machine, or this graph); the message says why."""
 
 
 def failed() -> str | None:
@@ -35,38 +35,30 @@ def failed() -> str | None:
     return _failed[0] if _failed else None
 
 
-def _notice(what: str):
-    """A timer that prints one line to stderr if the compile outlasts NOTICE_S."""
-    t = threading.Timer(NOTICE_S, lambda: print(f"lambdaconv: compiling {what} with Inductor "
-                                                f"(once per op and shape; cached on disk)", file=sys.stderr,
-                                                flush=True))
-    t.daemon = True
-    t.start()
-    return t
-
-
 def compiled(key, fn, args: list, what: str):
     """fn compiled for tensors shaped and strided like `args` (a list), cached under `key`. The
     compiled callable takes the tensors positionally and returns a list."""
     hit = _COMPILED.get(key)
     if hit is not None:
+        if isinstance(hit, Unavailable):
+            raise hit
         return hit
     if _failed:
         raise Unavailable(_failed[0])
     with _lock:
         hit = _COMPILED.get(key)
         if hit is None:
-            timer = _notice(what)
             try:
-                hit = _build(fn, args)
+                with compiling(f"{what} with Inductor"):
+                    hit = _build(fn, args)
             except Exception as err:
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
-                if _is_environment(err):
+                if _is_environment(err):  # nothing will compile here
                     _failed.append(reason)
                     raise Unavailable(reason) from err
-                raise
-            finally:
-                timer.cancel()
+                # this graph alone (an op Inductor cannot lower): it runs on the tiled path
+                hit = _COMPILED[key] = Unavailable(f"{what}: {reason}")
+                raise hit from err
             if len(_COMPILED) >= _MAX:
                 _COMPILED.clear()
             _COMPILED[key] = hit

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ... import reductions, settings
+from ... import notice, reductions, settings
 from ...geometry import Geometry, pad_input, valid_taps
 from ..composite import direct_backward
 from . import gluon_bwd, kplan, tuning
@@ -161,11 +161,12 @@ class TritonConv(torch.autograd.Function):
                               p.kw_key)
 
             ran = False
-            if kp.forward == "gluon":
-                ran, xp = _gluon_forward(xk, g, spec, reduce, kp.gluon_compute, wf, bias, y, aux, rows, portable,
-                                         p.in_pad)
-            if not ran:
-                portable()
+            with notice.first(("fwd", id(p)), lambda: _what("forward", spec, reduce, g)):  # a first call compiles
+                if kp.forward == "gluon":
+                    ran, xp = _gluon_forward(xk, g, spec, reduce, kp.gluon_compute, wf, bias, y, aux, rows,
+                                             portable, p.in_pad)
+                if not ran:
+                    portable()
         if grad or needs[1]:  # the backward runs only if some input needs a gradient (the bias alone too)
             # the Gluon forward's padded input, for the weight gradient (one F.pad less per step)
             ctx.save_for_backward(x, aux, xp if True in need_w else None, *wts)
@@ -181,6 +182,11 @@ class TritonConv(torch.autograd.Function):
             n = ctx.needs_input_grad
             gx, gb, gws = direct_backward(gy, x, wts, ctx.meta[0], (n[0], n[1], *n[3:]), ctx.bias_dtype)
             return (gx, gb, None, *gws)
+        with notice.first(("bwd", id(p)), lambda: _what("backward", spec, reduce, g)):  # a first call compiles
+            return TritonConv._backward(ctx, gy, x, aux, xp_saved, wts, spec, g, reduce, names, p, need_w, interp)
+
+    @staticmethod
+    def _backward(ctx, gy, x, aux, xp_saved, wts, spec, g, reduce, names, p, need_w, interp):
         mod, k, in_pad = p.mod, p.k, p.in_pad
         need_x = ctx.needs_input_grad[0]
         dev = x.device
@@ -294,6 +300,11 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows
                                         lambda: dict(consts(g, True), HAS_BIAS=has_bias, SAVE_AUX=save)))
     gluon.forward(gmod, padded_args, kw, rows, g.cout_per_group, g.groups, g.cin_per_group, portable, raw)
     return True, (pad_box[0] if pad_box else None)
+
+
+def _what(kind: str, spec, reduce, g: Geometry) -> str:
+    return (f"the {kind} kernels of {spec} ({reduce}) for N{g.batch} C{g.in_channels} O{g.out_channels} "
+            f"{'x'.join(map(str, g.in_size))}")
 
 
 def triton_cdiv(a: int, b: int) -> int:
