@@ -198,3 +198,19 @@ def test_model_study_times_whole_training_steps(tmp_path):
     assert (tmp_path / "results.md").exists() and (tmp_path / "model_small_cpu.png").exists()
     with pytest.raises(SystemExit, match="bad --modes"):
         main(["--model", "small", "--device", "cpu", "--modes", "fast"])
+
+
+def test_layers_study_rows_against_references(tmp_path):
+    """layers: each layer and its reference layer timed together, the ratio taken against it."""
+    from lambdaconv.bench import layers
+    rows = layers.main(["--device", "cpu", "--rounds", "1", "--shape", "N1C4O4H8k3",
+                        "--layers", "scs,max-sum,T-adder", "--out", str(tmp_path)])
+    got = {(r["mode"], r["method"]): r for r in rows}
+    assert {m for _, m in got} == {"nn.Conv2d", "scs", "max-plus", "max-sum", "adder", "T-adder"}
+    for mode in ("fwd", "fwd+bwd"):
+        for name, ref in (("scs", "nn.Conv2d"), ("max-sum", "max-plus"), ("T-adder", "adder")):
+            r = got[(mode, name)]
+            assert r["vs"] == ref and abs(r["ratio"] - r["ms"] / got[(mode, ref)]["ms"]) < 1e-9
+    assert len(report.read_table(str(tmp_path / report.TABLE))) == len(rows)
+    with pytest.raises(SystemExit):
+        layers.main(["--device", "cpu", "--layers", "nope"])

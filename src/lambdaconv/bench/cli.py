@@ -23,6 +23,7 @@ STUDIES = {
     "host": ("host", "host time per call of tiny layers against nn.Conv2d"),
     "kernels": ("kernels", "per-kernel times of one call under settings; --ncu: a driver for Nsight Compute"),
     "warmup": ("warmup", "a layer's first fwd+bwd call in a new process, compile caches empty and warm"),
+    "layers": ("layers", "whole layers (terms, post=, two-level, transposed) against their reference layers"),
     "sass": ("sass", "instructions per tap of a generated Gluon kernel (compiled for sm_90, no GPU needed)"),
 }
 def parser() -> argparse.ArgumentParser:
