@@ -129,3 +129,27 @@ def test_native_route_matches_tiled(op, reduce):
     a = lc.conv_transpose2d(x, op, ws, **kw)  # auto: one native transposed conv
     b = lc.conv_transpose2d(x, op, ws, backend="tiled", **kw)
     assert torch.allclose(a, b, atol=1e-10, rtol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("op", ["x*W", "offset", "adder", "dilation"])
+def test_layer_explain_names_what_runs(op):
+    """layer.explain(x): the strategy, the backend that runs the call, and (direct) the cost over the
+    real taps only (the inserted zeros are no taps): N * O * C * (pairs of input position and kernel
+    offset landing in the output) = the sum of a transposed conv of ones with ones."""
+    torch.manual_seed(0)
+    m = lc.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, op=op)
+    x = torch.randn(2, 4, 5, 6)
+    plan = m.explain(x)
+    assert plan.strategy == lc.explain(op).strategy
+    if plan.strategy == "decompose":
+        assert plan.backend == "decompose" and "conv_transpose2d" in plan.calls[0]
+    else:
+        from lambdaconv.backends import registry
+        assert plan.backend in registry.names()
+        reach = F.conv_transpose2d(torch.ones(2, 4, 5, 6), torch.ones(4, 3, 3, 3), stride=2, padding=1,
+                                   output_padding=1).sum()
+        assert plan.cost[0].startswith(f"cost:      {float(reach):.3g} taps")
+        assert "transposed" in str(plan)
+    assert m.explain().op == plan.op
+    with pytest.raises(ValueError, match="channels"):
+        m.explain(torch.randn(2, 5, 5, 6))

@@ -75,10 +75,15 @@ def per_tap(expr) -> tuple:
 def estimate(spec, geometry, itemsize: int, weight_elems: int) -> Cost:
     """The forward's floors for one call (geometry: a Geometry; weight_elems: elements of the weights as given)."""
     g = geometry
-    taps = g.batch * g.out_channels * g.positions * g.cin_per_group * g.taps
+    return estimate_counts(spec, g.batch * g.out_channels * g.positions * g.cin_per_group * g.taps,
+                           g.batch * g.in_channels * math.prod(g.in_size), g.batch * g.out_channels * g.positions,
+                           itemsize, weight_elems)
+
+
+def estimate_counts(spec, taps: int, in_elems: int, out_elems: int, itemsize: int, weight_elems: int) -> Cost:
+    """The forward's floors from its counts: taps evaluated, elements of input, output and weights."""
     alu, mufu = per_tap(spec.expr)
     alu += 1  # the reduction's combine
-    nbytes = itemsize * (g.batch * g.in_channels * math.prod(g.in_size) + weight_elems
-                         + g.batch * g.out_channels * g.positions)
+    nbytes = itemsize * (in_elems + weight_elems + out_elems)
     return Cost(taps, alu, mufu, nbytes, taps * alu / CUDA_CORE_PER_S * 1e3, taps * mufu / MUFU_PER_S * 1e3,
                 nbytes / BYTES_PER_S * 1e3)

@@ -299,11 +299,14 @@ class _ConvTransposeNd(_ConvNd):
                                  self.output_padding, self.groups, self.dilation, self.reduce, self.backend, self.grad)
 
     def explain(self, input=None):
-        """The plan of this layer's op (see lambdaconv.explain); with an input: NotImplementedError for now."""
-        if input is not None:
-            raise NotImplementedError("explain(input) of a transposed layer is not implemented; explain() gives the "
-                                      "op's plan")
-        return explain(self.op, self.reduce, grad=self.grad)
+        """The plan of this layer's op (see lambdaconv.explain); with an input, also the backend, kernels
+        and cost of calling the layer on it."""
+        if input is None:
+            return explain(self.op, self.reduce, grad=self.grad)
+        from .transpose import explain_transpose
+        weights = {n: getattr(self, n) for n in self.weight_names}
+        return explain_transpose(self._dims, input, self.op, weights, self.bias, self.stride, self.padding,
+                                 self.output_padding, self.groups, self.dilation, self.reduce, self.backend, self.grad)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -147,6 +147,49 @@ def _equivalent(v: _Args):
     return xu, ws, v.bias, backends.Call(spec, v.reduce, g, x.device, x.dtype), v.unbatched
 
 
+def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                      reduce=None, backend="auto", grad=None):
+    """The Plan of a transposed call (as lambdaconv.explain gives it for a conv): validated as
+    conv_transpose_nd validates it, with the backend that would run it, its kernels and, for a
+    direct op, the cost of the equivalent stride-1 convolution's real taps. Nothing is computed."""
+    import dataclasses
+    import math
+    from . import cost
+    try:
+        v = _validate(d, input, op, weights, bias, stride, padding, output_padding, groups, dilation, reduce, backend,
+                      grad)
+        plan = plan_for(v.spec, v.reduce)
+        if backend in ("auto", "decompose") and _native_applies(v):
+            conv = f"conv_transpose{d}d"
+            native = tuple(c.replace("convNd", conv, 1).replace("(out_channels, in_channels/groups",
+                                                               "(in_channels, out_channels/groups") for c in plan.calls[:1])
+            if any(gx == "1" for gx, _ in plan.terms) or reductions.get(v.reduce).backward == "count":
+                native += (f"{conv} of ones: at the taps that reach each output, the weights-only term / their count",)
+            return dataclasses.replace(plan, calls=native, backend="decompose",
+                                       kernels=(f"kernels:   one native {conv} (inserted zeros and padding are no "
+                                                f"taps: only real input values are multiplied)",))
+        if backend == "decompose":
+            raise ValueError(f"backend 'decompose' cannot run this transposed convolution: {plan.reason}")
+        x, ws, _, call, _ = _equivalent(v)
+        b = registry.select(backend, call)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
+    kernels = tuple(b.describe(call)) if b.describe is not None else ()
+    kernels += ("transposed: the stride-1 convolution of the zero-inserted input with the flipped kernel; "
+                "inserted zeros and the padding are no taps",)
+    extra = {"backend": b.name, "kernels": kernels}
+    if plan.strategy == "direct":  # the real taps: (input position, kernel offset) pairs landing in the output
+        g = call.geometry
+        reach = math.prod(sum(0 <= p * s - pd + k * dl < o for p in range(i) for k in range(kk))
+                          for i, kk, s, pd, dl, o in zip(v.x.shape[2:], v.full[2:], v.stride, v.padding, v.dilation,
+                                                         g.out_size))
+        c = cost.estimate_counts(v.spec, g.batch * g.out_channels * g.cin_per_group * reach, v.x.numel(),
+                                 g.batch * g.out_channels * g.positions, x.element_size(),
+                                 sum(math.prod(w.shape) for w in v.weights.values()))
+        extra["cost"] = c.lines()
+    return dataclasses.replace(plan, **extra)
+
+
 _NATIVE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
