@@ -222,3 +222,23 @@ def test_a_bias_of_another_floating_dtype_is_cast(op, backend):
     got = call(lc.conv2d, x, op, ws, b, padding=1, backend=backend)
     want = lc.conv2d(x.double(), op, {n: w.double() for n, w in ws.items()}, b, padding=1, backend="reference")
     assert got.dtype == torch.float32 and rel_err(got, want) < TOL[torch.float32]
+
+
+# ------------------------------------------------------------------------------ strided weights
+@pytest.mark.parametrize("backend", registry.names())
+@pytest.mark.parametrize("reduce", [r for r in REDUCES if r in ("max", "min", "sum")])
+def test_a_non_contiguous_weight_gets_its_gradient(reduce, backend):
+    """A weight stored transposed (a 1x1 kernel whose (O, C) view is not contiguous) gives the same
+    output and gradients as its contiguous copy (max / min scatter into the weight's gradient by
+    flat index; sum for contrast)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
+    base = torch.randn(3, 4, 1, 1, generator=gen, dtype=torch.float64)
+    grads = []
+    for w in (base.transpose(0, 1), base.transpose(0, 1).contiguous()):
+        w = w.detach().requires_grad_()
+        xg = x.clone().requires_grad_()
+        y = call(lc.conv2d, xg, "adder", {"weight": w}, reduce=reduce, backend=backend)
+        grads.append((y, *torch.autograd.grad(y, (xg, w), torch.ones_like(y))))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-12)

@@ -58,17 +58,31 @@ CASES = [  # (d, x shape, weight shape (C, O/g, *k), stride, padding, output_pad
 ]
 
 
+def by_phases(d, x, op, ws, b, s, p, op_, g, dl, reduce):
+    """The phase route (transpose_phases: one stride-1 call per output phase, what the triton
+    kernels run) on the float64 tiled backend."""
+    from lambdaconv import transpose, transpose_phases
+    from lambdaconv.backends import registry
+    v = transpose._validate(d, x, op, ws, b, s, p, op_, g, dl, reduce, "auto", None)
+    return transpose_phases.run(v, transpose._equivalent(v)[3].geometry.out_size, lambda c: registry.get("tiled"))
+
+
+ROUTES = {"auto": lambda d, *a, reduce: TCONV[d](*a, reduce=reduce),
+          "phases": lambda d, *a, reduce: by_phases(d, *a, reduce)}
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("reduce", reductions.names())
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-s{c[3]}-p{c[4]}-g{c[6]}")
 @pytest.mark.parametrize("op", ["adder", "sigmoid(A*x)*B", "linear", "offset", "l2", "quadratic"])
-def test_matches_the_definition(op, case, reduce):
+def test_matches_the_definition(op, case, reduce, route):
     d, xs, wsh, s, p, op_, g, dl = case
     gen = torch.Generator().manual_seed(0)
     names = resolve_op(op).weight_names
     x = torch.randn(xs, generator=gen, dtype=torch.float64, requires_grad=True)
     ws = {n: (torch.randn(wsh, generator=gen, dtype=torch.float64) * 0.5).requires_grad_() for n in names}
     b = torch.randn(wsh[1] * g, generator=gen, dtype=torch.float64, requires_grad=True)
-    y = TCONV[d](x, op, ws, b, s, p, op_, g, dl, reduce=reduce)
+    y = ROUTES[route](d, x, op, ws, b, s, p, op_, g, dl, reduce=reduce)
     r = definition(x, op, ws, b, s, p, op_, g, dl, reduce)
     assert y.shape == r.shape
     assert torch.equal(torch.isnan(y), torch.isnan(r)) and torch.equal(torch.isinf(y), torch.isinf(r))

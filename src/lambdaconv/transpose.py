@@ -8,8 +8,10 @@ kernel, whose inserted zeros and padding are no taps (the "ignore" rule, Geometr
 that no tap reaches holds the reduction's identity, and mean divides by the taps that reach it. For
 the linear op with sum this is exactly F.conv_transposeNd. Gradients flow through the rearranging
 torch ops into the backend's own. Separable ops with sum / mean (the plan says "decompose") run as
-one native transposed convolution of the stacked terms (_native); the others on the direct backends
-that take inserted zeros (tiled, the reference); the triton kernels do not take them yet.
+one native transposed convolution of the stacked terms (_native); the others on a direct backend:
+one that takes inserted zeros as holes (Inductor and tiled on CPU, the reference), or, where a
+backend earlier in "auto"'s order takes no holes (the triton kernels), as one stride-1 call per
+output phase (transpose_phases.py), every tap real.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import backends, calls, reductions
+from . import backends, calls, reductions, transpose_phases
 from .backends import registry
 from .geometry import Geometry, _tuple
 from .ir import resolve_op, resolve_reduce, with_grad
@@ -37,14 +39,40 @@ def conv_transpose_nd(d, input, op, weights, bias=None, stride=1, padding=0, out
             raise ValueError(f"backend 'decompose' cannot run this transposed convolution: "
                              f"{plan_for(v.spec, v.reduce).reason}")
         x, ws, bias, call, unbatched = _equivalent(v)
-        b = registry.select(backend, call)
+        b, by_phase = _route(v, backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
     if calls.nothing_to_compute(call):
         y = calls.no_kernel(x, bias, ws, call)
+    elif by_phase:
+        y = transpose_phases.run(v, call.geometry.out_size, lambda c: registry.select(backend, c))
     else:
         y = calls.run_direct(b, x, bias, ws, call, lambda c: registry.select(backend, c))
     return y[0] if unbatched else y
+
+
+def _route(v: "_Args", backend: str, call):
+    """(backend, by phase): the zero-inserted call on a backend that takes holes, or one stride-1
+    call per output phase (transpose_phases) where a backend earlier under "auto" (or the one
+    named) runs those and not the holes (the triton kernels)."""
+    try:
+        b, why = registry.select(backend, call), None
+    except ValueError as err:
+        b, why = None, err
+    first = next((ph.geometry for ph in transpose_phases.phases(v.d, tuple(v.x.shape), v.full, v.groups, v.stride,
+                                                                v.padding, v.dilation, call.geometry.out_size)
+                  if ph.geometry is not None), None)
+    if first is not None and call.device.type != "meta":
+        try:
+            bp = registry.select(backend, backends.Call(v.spec, v.reduce, first, call.device, call.dtype))
+        except ValueError:
+            bp = None
+        if bp is not None and (b is None or (bp.priority is not None and b.priority is not None
+                                             and bp.priority < b.priority)):
+            return bp, True
+    if b is None:
+        raise why
+    return b, False
 
 
 class _Args(NamedTuple):

@@ -126,7 +126,7 @@ class TiledConv(torch.autograd.Function):
         with torch.enable_grad():
             xp = pad_input(xr, g)
         gxp = torch.zeros(xp.shape, dtype=ct, device=x.device)
-        gw = {n: torch.zeros_like(w) for n, w in c.w.items()}
+        gw = {n: torch.zeros(w.shape, dtype=w.dtype, device=w.device) for n, w in c.w.items()}
         win = windows(xp.detach(), g)
         if reductions.get(c.reduce).backward == "select":
             _backward_select(c, win, gxp, gw, gy, arg)

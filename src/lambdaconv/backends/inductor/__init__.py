@@ -129,7 +129,7 @@ class InductorConv(torch.autograd.Function):
         if rec.backward == "select":  # the winners' gradients: O(outputs) gathers and index_adds
             c = _Ctx(spec, g, reduce, names, wts, x.device, ct)
             gxp = torch.zeros(xp.shape, dtype=ct, device=x.device)
-            gw = {nm: torch.zeros_like(w) for nm, w in c.w.items()}
+            gw = {nm: torch.zeros(w.shape, dtype=w.dtype, device=w.device) for nm, w in c.w.items()}
             _backward_select(c, windows(xp.detach(), g), gxp, gw, gy, arg)
         else:
             gxp, gw = _dense_backward(ctx, spec, rec, g, names, xp.detach(), wts, gy, y, ct)
