@@ -186,7 +186,36 @@ def test_weight_free_terms_run_once_per_group(monkeypatch):
     assert seen == [6, 2]
     plan = str(lc.explain({"s": "x*W", "nx": "x*x", "nw": "W*W"}, post=SCS, input=x[:, :2],
                           weights={"W": w[:, :1].expand(6, 2, 3, 3), "p": torch.ones(6), "q": 0.1}))
-    assert "-> 7 output channels" in plan and "constant: no x" in plan  # 6 filters + 1 row for x*x
+    # the 6 filters over x; x*x (the same for every filter) in a narrow conv of its own
+    assert "input [x] (1 x 2 channels) -> 6 output channels" in plan and "constant: no x" in plan
+    assert "input [x**2] -> 1 output channel(s) per group" in plan
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("geo", [(2, 1, "zeros"), (2, 2, "ignore"), (1, 2, "reflect")])
+def test_weight_free_parts_run_in_a_narrow_conv(geo, reduce, monkeypatch):
+    """(x-W)**2 = x**2 - 2xW + W**2: its x**2 part is the same for every filter, so the wide conv
+    reads x alone and x**2 goes through one row of ones per group (as SCS's x*x term); the result
+    is the tiled path's, forward and gradients."""
+    pad, groups, mode = geo
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    op = {"d": "(x-W)**2", "s": "x*W", "n": "x*x"}
+    kw = dict(padding=pad, groups=groups, padding_mode=mode, reduce=reduce, post="d + s * n")
+    seen = []
+    real = stacked._CONV[2]
+    monkeypatch.setitem(stacked._CONV, 2, lambda S, H, *a: (seen.append((S.shape[1], H.shape[0])), real(S, H, *a))[1])
+    y = lc.conv2d(x, op, {"W": w}, **kw)
+    # [x] -> d's and s's filters; [x**2] -> n's row and d's (then "ignore"'s mask convs)
+    assert seen[:2] == [(4, 12), (4, 2 * groups)]
+    r = lc.conv2d(x, op, {"W": w}, backend="tiled", **kw)
+    assert torch.allclose(y, r, atol=1e-10, rtol=1e-10, equal_nan=True)
+    gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    fin = torch.isfinite(r)
+    for a, b in zip(torch.autograd.grad(y, (x, w), gy.masked_fill(~fin, 0)),
+                    torch.autograd.grad(r, (x, w), gy.masked_fill(~fin, 0))):
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
 
 
 def test_single_op_keeps_its_path(monkeypatch):

@@ -13,6 +13,11 @@ one per filter. Borders are handled as decompose.py does: x is padded before the
 g_i(0) == 0 and the padding is symmetric zeros, or "ignore" (g_i(x) zero-padded, constants and
 counts following the validity mask). The zero blocks cost multiply-adds: explain() says how much
 of the stacked weight is zero.
+
+What is the same for every filter (a weight-free term's row, and a g_i(x) whose h_i is a number,
+as x**2 in (x-W)**2) goes to a second, narrow conv of one row per group (_split) when that leaves
+g_i out of the wide one: Kervolution's Gaussian and sharpened cosine similarity then cost one conv
+over x plus one over x**2 with a single output channel, not one conv over [x, x**2].
 """
 from __future__ import annotations
 
@@ -36,17 +41,63 @@ def layout(specs) -> tuple:
 
 
 def describe(items, g: Geometry) -> str:
-    """One line for explain(): the stacked conv's channels and how much of its weight is zero."""
+    """One line for explain(): the stacked convs' channels and how much of the wide one's weight is zero."""
     gs, per = layout([spec for spec, _, _ in items])
+    main, narrow, how = _split(items, per, g.groups)
     rows = [_rows(ws, g) for _, _, ws in items]
-    used = sum(len({s for s, _ in p}) * r for (p, _), r in zip(per, rows))
-    total = len(gs) * sum(rows)
-    return (f"one native conv{g.dims}d: input [{', '.join(map(str, gs))}] ({len(gs)} x {g.in_channels} channels) "
-            f"-> {sum(rows)} output channels; {100 * (1 - used / total):.0f}% of its weight blocks are zero")
+    wide = [(p, r, shared) for p, r, (conv, shared) in zip(per, rows, how) if conv == "main"]
+    used = sum(len({s for s, _ in p[0]} - set(shared)) * r for p, r, shared in wide)
+    total = len(main) * sum(r for _, r, _ in wide)
+    line = (f"one native conv{g.dims}d: input [{', '.join(str(gs[s]) for s in main)}] ({len(main)} x "
+            f"{g.in_channels} channels) -> {sum(r for _, r, _ in wide)} output channels; "
+            f"{100 * (1 - used / total):.0f}% of its weight blocks are zero")
+    if narrow:
+        n_rows = sum(r for r, (conv, _) in zip(rows, how) if conv == "narrow") // g.groups + \
+            len({s for _, shared in how for s in shared})
+        line += (f"; one of input [{', '.join(str(gs[s]) for s in narrow)}] -> {n_rows} output channel(s) per group "
+                 f"(what is the same for every filter)")
+    return line
 
 
 def _rows(ws: dict, g: Geometry) -> int:
     return torch.broadcast_shapes(*(w.shape for w in ws.values()))[0]
+
+
+def _split(items, per, G) -> tuple:
+    """(main slots, narrow slots, per item: its conv and its shared slots {slot: h value}).
+
+    A term of one row per group (a weight-free term's weight of ones) and the weight-free parts of
+    the others (a g_i(x) whose h_i is a number, as x**2 in (x-W)**2 = x**2 - 2xW + W**2) are the
+    same for every filter: they go to a second, narrow conv (one row per group) when that leaves
+    g_i out of the wide one, whose cost is (its slots x in_channels) x out_channels."""
+    main, narrow, how = {}, {}, []
+    for (spec, reduce, ws), (hs, _) in zip(items, per):
+        if torch.broadcast_shapes(*(w.shape for w in ws.values()))[0] == G:
+            how.append(("narrow", {}))
+            for slot, _h in hs:
+                narrow.setdefault(slot, None)
+            continue
+        shared = {}
+        for slot, h in hs:
+            if h.is_const:
+                shared[slot] = shared.get(slot, 0.0) + h.value
+                narrow.setdefault(slot, None)
+            else:
+                main.setdefault(slot, None)
+        how.append(("main", shared))
+    if not main or set(narrow) <= set(main):  # nothing saved: every term in one conv, as written
+        return tuple(sorted(set(main) | set(narrow))), (), [("main", {}) for _ in items]
+    return tuple(main), tuple(narrow), how
+
+
+def _stack(xin, terms, G, ct, cd):
+    if len(terms) == 1 and terms[0].kind == "x":
+        return xin if xin.dtype == cd else xin.to(cd)
+    if torch.compiler.is_compiling() or transform_active():  # aten ops only
+        gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
+        return torch.stack([t.unflatten(1, (G, xin.shape[1] // G)) for t in gx], 2).flatten(1, 3)
+    stack = _stack_cfg(terms, G)
+    return (_Stack.apply if torch.is_grad_enabled() and xin.requires_grad else _Stack.run)(xin, stack, ct, cd)
 
 
 def run(x, items, g: Geometry) -> list:
@@ -62,42 +113,58 @@ def run(x, items, g: Geometry) -> list:
     zero_safe = all(value_at_zero(gx) == 0.0 for gx in gs)
     native = padded and symmetric and (ignore or (g.padding_mode == "zeros" and zero_safe))
     xin = pad_input(x, g) if padded and not native and not ignore else x
-    if len(terms) == 1 and terms[0].kind == "x":
-        S = xin if xin.dtype == cd else xin.to(cd)
-    elif torch.compiler.is_compiling() or transform_active():  # aten ops only
-        gx = [t.g(xin if xin.dtype == ct else xin.to(ct), None).to(cd) for t in terms]
-        S = torch.stack([t.unflatten(1, (G, Cg)) for t in gx], 2).flatten(1, 3)
-    else:
-        stack = _stack_cfg(terms, G)
-        S = (_Stack.apply if torch.is_grad_enabled() and xin.requires_grad else _Stack.run)(xin, stack, ct, cd)
-    if ignore and not native:
-        S = F.pad(S, [v for lh in reversed(g.pad) for v in lh])
-
-    blocks, rows, consts = [], [], []
-    for (spec, reduce, ws), (hs, split) in zip(items, per):
+    main_slots, narrow_slots, how = _split(items, per, G)
+    scale = {}  # mean (not under "ignore"): the weights over the taps
+    blocks = {"main": [], "narrow": []}
+    consts = []
+    for (spec, reduce, ws), (hs, split), (conv, shared) in zip(items, per, how):
         w = {n: t if t.dtype == ct else t.to(ct) for n, t in ws.items()}
         o_t = _rows(ws, g)
         full = (o_t, Cg) + g.kernel
-        cols = [None] * len(gs)
+        slots = main_slots if conv == "main" else narrow_slots
+        cols = [None] * len(slots)
         for slot, h in hs:
+            if slot in shared:
+                continue
             v = _full(_compile(h)(None, w), full, ct, dev)
-            cols[slot] = v if cols[slot] is None else cols[slot] + v
-        zero = torch.zeros(full, dtype=ct, device=dev)
-        H = torch.cat([zero if c is None else c for c in cols], 1)  # (O_t, T*Cg, *k), T-major as the stack
+            k = slots.index(slot)
+            cols[k] = v if cols[k] is None else cols[k] + v
         mean = reductions.get(reduce).backward == "count"
-        if mean and not ignore:
-            H = H / (Cg * g.taps)
-        blocks.append(H.unflatten(0, (G, o_t // G)))
-        rows.append(o_t // G)
+        scale[len(consts)] = 1.0 / (Cg * g.taps) if mean and not ignore else 1.0
+        zero = torch.zeros(full, dtype=ct, device=dev)
+        H = torch.cat([zero if c is None else c for c in cols], 1) * scale[len(consts)]  # T-major as the stack
+        blocks[conv].append(H.unflatten(0, (G, o_t // G)))
         cw = None if not split else split[0] * _full(_compile(split[1])(None, w), full, ct, dev)
-        consts.append((cw, mean))
-    H = torch.cat(blocks, 1).flatten(0, 1)
-    y = _CONV[g.dims](S, H if H.dtype == cd else H.to(cd), None, g.stride,
-                      tuple(lo for lo, _ in g.pad) if native else 0, g.dilation, G)
-    outs = y.unflatten(1, (G, sum(rows))).split(rows, 2)
+        consts.append((cw, mean, o_t // G))
+    ones_at = {}  # narrow slot -> its row of ones (per group) for the wide terms' weight-free parts
+    for conv, shared in how:
+        for slot in shared:
+            if slot not in ones_at:
+                ones_at[slot] = len(ones_at)
+                H = torch.zeros((G, 1, len(narrow_slots) * Cg) + g.kernel, dtype=ct, device=dev)
+                k = narrow_slots.index(slot)
+                H[:, :, k * Cg:(k + 1) * Cg] = 1.0
+                blocks["narrow"].append(H)
+    outs = {}
+    for conv, slots in (("main", main_slots), ("narrow", narrow_slots)):
+        if not blocks[conv]:
+            continue
+        S = _stack(xin, tuple(terms[s] for s in slots), G, ct, cd)
+        if ignore and not native:
+            S = F.pad(S, [v for lh in reversed(g.pad) for v in lh])
+        H = torch.cat(blocks[conv], 1)
+        rows = [b.shape[1] for b in blocks[conv]]
+        y = _CONV[g.dims](S, H.flatten(0, 1).to(cd), None, g.stride, tuple(lo for lo, _ in g.pad) if native else 0,
+                          g.dilation, G)
+        outs[conv] = list(y.unflatten(1, (G, sum(rows))).split(rows, 2))
+    ones_rows = outs["narrow"][len(outs["narrow"]) - len(ones_at):] if ones_at else []
     mask = _mask(g, dev, ct) if ignore else None
-    result = []
-    for y_t, o, (cw, mean) in zip(outs, rows, consts):
+    result, taken = [], {"main": 0, "narrow": 0}
+    for i, ((conv, shared), (cw, mean, o)) in enumerate(zip(how, consts)):
+        y_t = outs[conv][taken[conv]]
+        taken[conv] += 1
+        for slot, value in shared.items():  # the same for every filter of the group: broadcast over them
+            y_t = y_t + (value * scale[i]) * ones_rows[ones_at[slot]]
         if ignore:
             y_t = _ignore(y_t.to(ct), cw, mean, mask, g, o)
         elif cw is not None:
