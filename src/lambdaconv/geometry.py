@@ -157,11 +157,16 @@ def windows(xp: torch.Tensor, g: Geometry) -> torch.Tensor:
     return v  # (N, C, *out, *kernel)
 
 
-def valid_taps(g: Geometry, device) -> torch.Tensor:
-    """Bool (K, P): tap k of output position p reads a real (unpadded, not inserted) input element."""
+def real_positions(g: Geometry, device) -> torch.Tensor:
+    """Float (1, 1, *padded): 1 where the padded input holds a real value (not padding, not an
+    inserted zero of a transposed conv), 0 elsewhere."""
     ones = torch.ones((1, 1) + g.in_size, device=device)
     for i, (step, off) in enumerate(g.holes):  # inserted zeros are no taps
         real = (torch.arange(g.in_size[i], device=device) + off) % step == 0
         ones = ones * real.reshape((-1,) + (1,) * (g.dims - 1 - i)).to(ones.dtype)
-    m = windows(pad_input(ones, Geometry(**{**g.__dict__, "padding_mode": "zeros"})), g)
-    return m.reshape(g.positions, g.taps).t().bool()
+    return pad_input(ones, Geometry(**{**g.__dict__, "padding_mode": "zeros"}))
+
+
+def valid_taps(g: Geometry, device) -> torch.Tensor:
+    """Bool (K, P): tap k of output position p reads a real (unpadded, not inserted) input element."""
+    return windows(real_positions(g, device), g).reshape(g.positions, g.taps).t().bool()

@@ -100,15 +100,7 @@ class TiledConv(torch.autograd.Function):
             if scale != 1.0:
                 r *= scale
             write_tile(y, t, g, r)
-        # The weights as given, never c.w: a derived copy (or a view of it) would not see, or would
-        # silently follow, an in-place update before backward. logsumexp's backward needs the
-        # reduced value itself (softmax = exp(tap - y)), before bias. The bias is never read.
-        ctx.save_for_backward(x, y if rec.saves == "value" else None, arg, *wts)
-        ctx.meta = (spec, g, c.reduce, names)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        if bias is not None:
-            y = y + bias.to(ct).reshape((1, -1) + (1,) * g.dims)
-        return y.to(x.dtype)
+        return save_and_finish(ctx, x, y, arg, wts, bias, (spec, g, c.reduce, names), rec, ct)
 
     @staticmethod
     def backward(ctx, gy):
@@ -134,6 +126,21 @@ class TiledConv(torch.autograd.Function):
             _backward_dense(c, win, gxp, gw, gy, y, ctx)
         gx, gb, gws = finish_backward(ctx, x, xr, xp, gxp, gw, gy, g, c.names, wts, ctx.needs_input_grad[6:])
         return (gx, gb, None, None, None, None, *gws)
+
+
+def save_and_finish(ctx, x, y, arg, wts, bias, meta, rec, ct):
+    """The end of a direct Function's forward: save what backward reads, add the bias, cast back.
+
+    The weights as given, never a derived copy: a copy (or a view of it) would not see, or would
+    silently follow, an in-place update before backward. logsumexp's backward needs the reduced
+    value itself (softmax = exp(tap - y)), before bias; the winners for max / min. The bias is
+    never read."""
+    ctx.save_for_backward(x, y if rec.saves == "value" else None, arg, *wts)
+    ctx.meta = meta
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    if bias is not None:
+        y = y + bias.to(ct).reshape((1, -1) + (1,) * meta[1].dims)
+    return y.to(x.dtype)
 
 
 def finish_backward(ctx, x, xr, xp, gxp, gw: dict, gy, g: Geometry, names, wts, need_w):

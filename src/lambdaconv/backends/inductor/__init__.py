@@ -19,10 +19,10 @@ import warnings
 import torch
 
 from ... import reductions, settings
-from ...geometry import Geometry, pad_input, valid_taps, windows
+from ...geometry import Geometry, pad_input, real_positions, valid_taps, windows
 from ..composite import compute_dtype, direct_backward
 from ..registry import Backend, register
-from ..tiled import TiledConv, _backward_select, _Ctx, finish_backward
+from ..tiled import TiledConv, _backward_select, _Ctx, finish_backward, save_and_finish
 from . import compile as _compile
 from .compile import Unavailable
 from .graphs import Shapes, backward_fn, forward_fn
@@ -47,11 +47,7 @@ def _masked(g: Geometry) -> bool:
 
 def _tap_mask(g: Geometry, device) -> torch.Tensor:
     """(*Sp) bool: the padded positions that hold a real input value."""
-    ones = torch.ones((1, 1) + g.in_size, device=device)
-    for i, (step, off) in enumerate(g.holes):
-        real = (torch.arange(g.in_size[i], device=device) + off) % step == 0
-        ones = ones * real.reshape((-1,) + (1,) * (g.dims - 1 - i)).to(ones.dtype)
-    return pad_input(ones, Geometry(**{**g.__dict__, "padding_mode": "zeros"}))[0, 0].bool().contiguous()
+    return real_positions(g, device)[0, 0].bool().contiguous()
 
 
 def _counts(g: Geometry, device, ct) -> torch.Tensor:
@@ -104,13 +100,8 @@ class InductorConv(torch.autograd.Function):
             bwd = _backward_graph(spec, rec, s, g, names, masked, need_x, need_w, ct, x.device, xcl, wcl)
         out = fwd(*args)
         y, arg = out[0], (out[1] if winner else None)
-        ctx.save_for_backward(x, y if rec.saves == "value" else None, arg, *wts)
-        ctx.meta = (spec, g, reduce, names)
         ctx.bwd = bwd
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        if bias is not None:
-            y = y + bias.to(ct).reshape((1, -1) + (1,) * g.dims)
-        return y.to(x.dtype)
+        return save_and_finish(ctx, x, y, arg, wts, bias, (spec, g, reduce, names), rec, ct)
 
     @staticmethod
     def backward(ctx, gy):
