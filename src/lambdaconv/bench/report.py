@@ -199,7 +199,8 @@ def plot(res: dict, path: str) -> bool:
     meta = res["meta"]
     what = "fwd+bwd" if meta["backward"] else "fwd"
     axes[-1, 0].set_xlabel(f"median ms (bars), fastest round (|), {what}, {meta['dtype']} (log scale)", fontsize=8)
-    threads = f", {meta['threads']} thread{'s' if meta['threads'] > 1 else ''}" if meta["device"] == "cpu" else ""
+    threads = f", {meta['threads']} thread{'s' if meta['threads'] > 1 else ''}" \
+        if meta["device"] == "cpu" and "thread" not in meta["device_name"] else ""
     fig.suptitle(f"lambdaconv.bench on {meta['device_name']}{threads}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
