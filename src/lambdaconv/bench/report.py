@@ -171,12 +171,15 @@ def plot(res: dict, path: str) -> bool:
     except ImportError:
         return False
     groups = {}
+    gpu = res["meta"]["device"].startswith("cuda")
     for r in res["rows"]:
+        if gpu and r["method"] == "lambdaconv[tiled]":  # a fallback "auto" never runs there (it stays in the table)
+            continue
         groups.setdefault((r["op"], r["reduce"], r["shape"]), []).append(r)
     heights = [0.5 + 0.32 * len(g) for g in groups.values()]
     fig, axes = plt.subplots(len(groups), 1, figsize=(8, sum(heights) + 0.8), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    times = [r["ms"] for r in res["rows"] if r.get("ms")]
+    times = [r["ms"] for rs in groups.values() for r in rs if r.get("ms")]
     lo, hi = (min(times) / 2, max(times) * 3) if times else (0.1, 10)
     for ax, ((op, red, shape), rs) in zip(axes[:, 0], groups.items()):
         labels = [r["method"] + (f" ({r['backend']})" if r["method"] == "lambdaconv" else "") for r in rs]
