@@ -378,7 +378,7 @@ def _constant(t: Term, ws: dict, g, ct, device) -> torch.Tensor:
     n = pats.sum(1)
     if len(r) == 2:
         per_c = reductions.get(r[0]).reference(taps, -1, n[:, None])
-        out = reductions.get(r[1]).reference(per_c, -1, torch.tensor(cg, device=v.device))
+        out = reductions.get(r[1]).reference(per_c, -1, torch.full((), cg, device=v.device))
     else:
         out = reductions.get(r[0]).reference(taps.flatten(2), -1, n * cg)  # (O, U)
     if inv is None:

@@ -64,5 +64,5 @@ def run(d, x, spec, ws: dict, reduce: tuple, g: Geometry, padding, backend: str)
     per_c = functional.convnd(d, x, spec, dw, None, g.stride, padding, g.dilation, g.in_channels, inner.name,
                               g.padding_mode, backend)  # (N, C * Og, *out)
     per_c = per_c.unflatten(1, (g.groups, g.cin_per_group, og))
-    count = torch.tensor(g.cin_per_group, device=x.device)
+    count = torch.full((), g.cin_per_group, device=x.device)  # a fill, not a host copy (CUDA graphs)
     return outer.reference(per_c, 2, count)  # (N, G, Og, *out)
