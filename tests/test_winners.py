@@ -84,3 +84,29 @@ def test_a_new_process_launches_the_stored_winner_untimed(fresh_cache, monkeypat
     k2 = _Kernel()
     tuning.launch("fwd", k2, (), kw, CPU, 1000, 32, 1, interpret=False)
     assert not timed and k2.launched == [first]  # no timing: the winner from disk
+
+
+def test_a_winner_among_fewer_candidates_is_not_reused(fresh_cache, monkeypatch):
+    """A run that timed a subset of the configs (a sweep, a test narrowing CANDIDATES) keeps its
+    winner under its own key: a later run with every candidate times them all again."""
+    timed = []
+
+    def do_bench(fn, **kw):
+        fn()
+        timed.append(1)
+        return 1.0
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    kw = {"FOLD": False, "CG": 8}
+    full = list(tuning.CANDIDATES["fwd"])
+    monkeypatch.setitem(tuning.CANDIDATES, "fwd", full[-2:])
+    tuning._CONFIGS.clear()
+    tuning.launch("fwd", _Kernel(), (), kw, CPU, 1000, 32, 1, interpret=False)
+    assert len(timed) == 2
+    _new_process()
+    timed.clear()
+    monkeypatch.setitem(tuning.CANDIDATES, "fwd", full)
+    tuning._CONFIGS.clear()
+    tuning.launch("fwd", _Kernel(), (), kw, CPU, 1000, 32, 1, interpret=False)
+    assert len(timed) == len(tuning.configs("fwd", 32, False)) > 2
+    tuning._CONFIGS.clear()

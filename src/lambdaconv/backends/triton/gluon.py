@@ -469,7 +469,9 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     key = (id(mod), tuple(sorted(kw.items())), 1 << max(0, (rows - 1).bit_length()))
     best = _chosen.get(key)
     dev = (raw[0][0] if raw is not None else (args() if callable(args) else args)[0]).device  # once per key
-    disk = winners.key("gluon", mod.__name__, key[1], key[2])
+    # the candidates are part of the key: a run that timed fewer (a sweep, a test's CONFIGS) must not
+    # hand its winner to one that would time more
+    disk = winners.key("gluon", mod.__name__, key[1], key[2], tuple(map(tuple, cands)))
     if best is None:  # timed by an earlier process (a config among this call's candidates)
         got = winners.get(dev, disk)
         best = "portable" if got == "portable" else next((c for c in cands if got is not None and list(c) == got), None)

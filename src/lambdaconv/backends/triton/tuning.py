@@ -170,18 +170,19 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups, interpret=None,
             if best is None or ms < best[0]:
                 best = (ms, c)
         cfg = _chosen[key] = best[1]
-        winners.put(device, _disk_key(kind, kernel, key), list(cfg))
+        winners.put(device, _disk_key(kind, kernel, key, cands), list(cfg))
     _run(kind, kernel, args, kw, rows, n_cols, groups, cfg)
 
 
-def _disk_key(kind, kernel, key) -> str:
+def _disk_key(kind, kernel, key, cands) -> str:
     fn = getattr(kernel, "fn", kernel)  # a JITFunction's Python function: its generated module's name
-    return winners.key("portable", kind, fn.__module__, fn.__name__, key[2], key[3])
+    # the candidates too: a winner among fewer configs is no answer for more
+    return winners.key("portable", kind, fn.__module__, fn.__name__, key[2], key[3], tuple(map(tuple, cands)))
 
 
 def _stored(kind, kernel, key, device, cands):
     """The winner another process timed for this kernel and bucket (one of cands), or None."""
-    got = winners.get(device, _disk_key(kind, kernel, key))
+    got = winners.get(device, _disk_key(kind, kernel, key, cands))
     cfg = next((c for c in cands if got is not None and list(c) == got), None)
     if cfg is not None:
         _chosen[key] = cfg
