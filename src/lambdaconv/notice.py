@@ -32,3 +32,13 @@ def first(key, what) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     _seen.add(key)
     return compiling(what())
+
+
+def call_text(what: str, spec, reduce, g, dtype) -> str:
+    """"<what> of <op> (<reduce>) for N.. C.. O.. HxW, kernel kxk[, stride, dilation], <dtype>": a
+    compile told apart from the others of a run (a transposed layer's phases, fp32 and bf16)."""
+    extra = "".join(f" {name} {'x'.join(map(str, v))}" for name, v in (("stride", g.stride), ("dilation", g.dilation))
+                    if any(i != 1 for i in v))
+    return (f"{what} of {spec} ({reduce}) for N{g.batch} C{g.in_channels} O{g.out_channels} "
+            f"{'x'.join(map(str, g.in_size))}, kernel {'x'.join(map(str, g.kernel))}{extra}, "
+            f"{str(dtype).replace('torch.', '')}")

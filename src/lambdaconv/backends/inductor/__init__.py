@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from ... import reductions, settings
+from ...notice import call_text
 from ...geometry import Geometry, pad_input, real_positions, valid_taps, windows
 from ..composite import compute_dtype, direct_backward
 from ..registry import Backend, register
@@ -65,9 +66,8 @@ def _zero_insert(t_cl: torch.Tensor, s: Shapes) -> torch.Tensor:
     return z
 
 
-def _what(spec, reduce, g: Geometry, kind: str) -> str:
-    size = "x".join(map(str, g.in_size))
-    return f"the {kind} of {spec} ({reduce}) for N{g.batch} C{g.in_channels} O{g.out_channels} {size}"
+def _what(spec, reduce, g: Geometry, kind: str, dtype) -> str:
+    return call_text(f"the {kind}", spec, reduce, g, dtype)
 
 
 class InductorConv(torch.autograd.Function):
@@ -94,7 +94,7 @@ class InductorConv(torch.autograd.Function):
                 count = float(g.cin_per_group * g.taps)
         key = ("fwd", spec.expr, reduce, g, ct, winner, names)
         fwd = _compile.compiled(key, forward_fn(spec, rec, s, names, masked, count, winner), args,
-                                _what(spec, reduce, g, "forward"))
+                                _what(spec, reduce, g, "forward", ct))
         bwd = None
         if grad and rec.backward != "select":  # compiled now: a failure falls back before anything ran
             bwd = _backward_graph(spec, rec, s, g, names, masked, need_x, need_w, ct, x.device, xcl, wcl)
@@ -138,7 +138,7 @@ def _backward_graph(spec, rec, s, g, names, masked, need_x, need_w, ct, device, 
         ex += [per_out, per_t]  # y and its zero-inserted copy
     key = ("bwd", spec.expr, spec.grad, rec.name, g, ct, need_x, need_w, names)
     return _compile.compiled(key, backward_fn(spec, rec, s, names, masked, need_x, need_w), ex,
-                             _what(spec, rec.name, g, "backward"))
+                             _what(spec, rec.name, g, "backward", ct))
 
 
 def _dense_backward(ctx, spec, rec, g, names, xp, wts, gy, y, ct):

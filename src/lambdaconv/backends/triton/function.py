@@ -161,7 +161,8 @@ class TritonConv(torch.autograd.Function):
                               p.kw_key)
 
             ran = False
-            with notice.first(("fwd", id(p)), lambda: _what("forward", spec, reduce, g)):  # a first call compiles
+            # a first call compiles (and may tune): one line on stderr when that takes long
+            with notice.first(("fwd", id(p)), lambda: _what("forward", spec, reduce, g, x.dtype)):
                 if kp.forward == "gluon":
                     ran, xp = _gluon_forward(xk, g, spec, reduce, kp.gluon_compute, wf, bias, y, aux, rows,
                                              portable, p.in_pad)
@@ -182,7 +183,7 @@ class TritonConv(torch.autograd.Function):
             n = ctx.needs_input_grad
             gx, gb, gws = direct_backward(gy, x, wts, ctx.meta[0], (n[0], n[1], *n[3:]), ctx.bias_dtype)
             return (gx, gb, None, *gws)
-        with notice.first(("bwd", id(p)), lambda: _what("backward", spec, reduce, g)):  # a first call compiles
+        with notice.first(("bwd", id(p)), lambda: _what("backward", spec, reduce, g, x.dtype)):  # a first call compiles
             return TritonConv._backward(ctx, gy, x, aux, xp_saved, wts, spec, g, reduce, names, p, need_w, interp)
 
     @staticmethod
@@ -302,9 +303,8 @@ def _gluon_forward(x, g: Geometry, spec, reduce, compute, wf, bias, y, aux, rows
     return True, (pad_box[0] if pad_box else None)
 
 
-def _what(kind: str, spec, reduce, g: Geometry) -> str:
-    return (f"the {kind} kernels of {spec} ({reduce}) for N{g.batch} C{g.in_channels} O{g.out_channels} "
-            f"{'x'.join(map(str, g.in_size))}")
+def _what(kind: str, spec, reduce, g: Geometry, dtype) -> str:
+    return notice.call_text(f"the {kind} kernels", spec, reduce, g, dtype)
 
 
 def triton_cdiv(a: int, b: int) -> int:
