@@ -134,7 +134,8 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
             t = _full(t, s.full_out)
             if masked:
                 t = torch.where(s.mask_window(mask), t, rec.identity)
-            hit = (t == v.reshape(v.shape + (1,) * (s.d + 1))) | torch.isnan(t)
+            # t != t is isnan(t) as a vector compare (Inductor's C++ isnan is a scalar loop per vector)
+            hit = (t == v.reshape(v.shape + (1,) * (s.d + 1))) | (t != t)
             big = s.cg * s.ktaps
             out.append(s.to_output(torch.where(hit, s.winner_iota(x.device), big).amin(red)))
         return out
