@@ -62,7 +62,9 @@ def _route(v: "_Args", backend: str, call):
     first = next((ph.geometry for ph in transpose_phases.phases(v.d, tuple(v.x.shape), v.full, v.groups, v.stride,
                                                                 v.padding, v.dilation, call.geometry.out_size)
                   if ph.geometry is not None), None)
-    if first is not None and call.device.type != "meta":
+    # traced (torch.compile, export): the zero-inserted call, whose tiled route is plain torch ops
+    # (the phases' triton Functions have no custom op for tracing through)
+    if first is not None and call.device.type != "meta" and not torch.compiler.is_compiling():
         try:
             bp = registry.select(backend, backends.Call(v.spec, v.reduce, first, call.device, call.dtype))
         except ValueError:
