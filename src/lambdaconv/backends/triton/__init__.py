@@ -32,7 +32,8 @@ def _unsupported(call: Call):
     if "triton" not in reductions.get(call.reduce).code:
         return f"no triton code for reduce {call.reduce!r} (reductions.py)"
     if call.geometry.holes:
-        return "no holes in the triton kernels (a transposed convolution runs them per output phase: transpose_phases.py)"
+        return ("no holes in the triton kernels (a transposed convolution runs them per output phase: "
+                "transpose_phases.py)")
     if call.dtype == torch.float64:
         return "the triton kernels compute in float32; float64 runs on 'tiled'"
     if call.device.type == "cpu":
