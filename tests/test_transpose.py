@@ -64,7 +64,9 @@ def by_phases(d, x, op, ws, b, s, p, op_, g, dl, reduce):
     from lambdaconv import transpose, transpose_phases
     from lambdaconv.backends import registry
     v = transpose._validate(d, x, op, ws, b, s, p, op_, g, dl, reduce, "auto", None)
-    return transpose_phases.run(v, transpose._equivalent(v)[3].geometry.out_size, lambda c: registry.get("tiled"))
+    out = transpose._equivalent_call(v)[0].geometry.out_size
+    phases = transpose_phases.phases(d, tuple(x.shape), v.full, g, s, p, dl, out)
+    return transpose_phases.run(v, phases, out, lambda c: registry.get("tiled"))
 
 
 ROUTES = {"auto": lambda d, *a, reduce: TCONV[d](*a, reduce=reduce),

@@ -38,43 +38,45 @@ def conv_transpose_nd(d, input, op, weights, bias=None, stride=1, padding=0, out
         if backend == "decompose":
             raise ValueError(f"backend 'decompose' cannot run this transposed convolution: "
                              f"{plan_for(v.spec, v.reduce).reason}")
-        x, ws, bias, call, unbatched = _equivalent(v)
-        b, by_phase = _route(v, backend, call)
+        call, crop = _equivalent_call(v)
+        b, phases = _route(v, backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
-    if calls.nothing_to_compute(call):
-        y = calls.no_kernel(x, bias, ws, call)
-    elif by_phase:
-        y = transpose_phases.run(v, call.geometry.out_size, lambda c: registry.select(backend, c))
+    if phases is not None:
+        y = transpose_phases.run(v, phases, call.geometry.out_size, lambda c: registry.select(backend, c))
     else:
-        y = calls.run_direct(b, x, bias, ws, call, lambda c: registry.select(backend, c))
-    return y[0] if unbatched else y
+        x, ws = _equivalent(v, crop)
+        if calls.nothing_to_compute(call):
+            y = calls.no_kernel(x, v.bias, ws, call)
+        else:
+            y = calls.run_direct(b, x, v.bias, ws, call, lambda c: registry.select(backend, c))
+    return y[0] if v.unbatched else y
 
 
 def _route(v: "_Args", backend: str, call):
-    """(backend, by phase): the zero-inserted call on a backend that takes holes, or one stride-1
-    call per output phase (transpose_phases) where a backend earlier under "auto" (or the one
-    named) runs those and not the holes (the triton kernels)."""
+    """(backend, phases): the zero-inserted call on a backend that takes holes (phases None), or
+    the phases (transpose_phases) where a backend earlier under "auto" (or the one named) runs
+    their stride-1 calls and not the holes (the triton kernels)."""
     try:
         b, why = registry.select(backend, call), None
     except ValueError as err:
         b, why = None, err
-    first = next((ph.geometry for ph in transpose_phases.phases(v.d, tuple(v.x.shape), v.full, v.groups, v.stride,
-                                                                v.padding, v.dilation, call.geometry.out_size)
-                  if ph.geometry is not None), None)
     # traced (torch.compile, export): the zero-inserted call, whose tiled route is plain torch ops
-    # (the phases' triton Functions have no custom op for tracing through)
-    if first is not None and call.device.type != "meta" and not torch.compiler.is_compiling():
+    # (the phases' triton Functions have no custom op for tracing through); meta and zero input
+    # channels: no kernel runs
+    if not calls.nothing_to_compute(call) and not torch.compiler.is_compiling():
+        phases = transpose_phases.phases(v.d, tuple(v.x.shape), v.full, v.groups, v.stride, v.padding, v.dilation,
+                                         call.geometry.out_size)
+        first = next((ph.geometry for ph in phases if ph.geometry is not None), None)
         try:
-            bp = registry.select(backend, backends.Call(v.spec, v.reduce, first, call.device, call.dtype))
+            bp = first and registry.select(backend, backends.Call(v.spec, v.reduce, first, call.device, call.dtype))
         except ValueError:
             bp = None
-        if bp is not None and (b is None or (bp.priority is not None and b.priority is not None
-                                             and bp.priority < b.priority)):
-            return bp, True
+        if bp and (b is None or (bp.priority is not None and b.priority is not None and bp.priority < b.priority)):
+            return bp, phases
     if b is None:
         raise why
-    return b, False
+    return b, None
 
 
 class _Args(NamedTuple):
@@ -143,17 +145,15 @@ def _validate(d, input, op, weights, bias, stride, padding, output_padding, grou
     return _Args(d, x, spec, reduce, ws, full, bias, s, p, op_, groups, dl, unbatched)
 
 
-def _equivalent(v: _Args):
-    """The equivalent stride-1 convolution: (zero-inserted input, flipped forward-layout weights,
-    bias, its Call, unbatched)."""
-    d, x, spec, full, groups = v.d, v.x, v.spec, v.full, v.groups
+def _equivalent_call(v: _Args):
+    """(the Call of the equivalent stride-1 convolution over the zero-inserted input, the crop of
+    that input): geometry only, no tensor is built."""
+    d, x, full = v.d, v.x, v.full
     s, p, op_, dl = v.stride, v.padding, v.output_padding, v.dilation
     c, og, kernel = full[0], full[1], full[2:]
     # the zero-inserted input, padded by (k - 1) * dilation - padding (cropped where that is negative)
     n, in_size = x.shape[0], tuple(x.shape[2:])
     up = tuple((i - 1) * st + 1 for i, st in zip(in_size, s))
-    xu = x.new_zeros((n, c) + up)
-    xu[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in s)] = x
     pads, holes, crop = [], [], []
     for i, (k, st, pi, oi, di) in enumerate(zip(kernel, s, p, op_, dl)):
         lo = (k - 1) * di - pi
@@ -164,17 +164,22 @@ def _equivalent(v: _Args):
         crop.append(slice(a, b))
         pads.append((max(0, lo), max(0, hi)))
         holes.append((st, a))
-    xu = xu[(slice(None), slice(None)) + tuple(crop)]
-    out_size = tuple(u + lo + hi - di * (k - 1) for u, (lo, hi), k, di in zip(xu.shape[2:], pads, kernel, dl))
-    cg, o = c // groups, og * groups
-    flip = tuple(range(2, d + 2))
-    ws = {}
-    for name, t in v.weights.items():
-        t = t.expand(full).reshape((groups, cg, og) + kernel).transpose(1, 2).reshape((o, cg) + kernel).flip(flip)
-        ws[name] = t
-    g = Geometry(d, n, c, o, groups, tuple(xu.shape[2:]), kernel, (1,) * d, dl, tuple(pads), "ignore", out_size,
+    size = tuple(sl.stop - sl.start for sl in crop)
+    out_size = tuple(u + lo + hi - di * (k - 1) for u, (lo, hi), k, di in zip(size, pads, kernel, dl))
+    g = Geometry(d, n, c, og * v.groups, v.groups, size, kernel, (1,) * d, dl, tuple(pads), "ignore", out_size,
                  tuple(holes))
-    return xu, ws, v.bias, backends.Call(spec, v.reduce, g, x.device, x.dtype), v.unbatched
+    return backends.Call(v.spec, v.reduce, g, x.device, x.dtype), tuple(crop)
+
+
+def _equivalent(v: _Args, crop):
+    """The equivalent convolution's tensors: (zero-inserted input, flipped forward-layout weights)."""
+    x = v.x
+    up = tuple((i - 1) * st + 1 for i, st in zip(x.shape[2:], v.stride))
+    xu = x.new_zeros(tuple(x.shape[:2]) + up)
+    xu[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in v.stride)] = x
+    flip = tuple(range(2, v.d + 2))
+    ws = {name: t.flip(flip) for name, t in transpose_phases.forward_weights(v).items()}
+    return xu[(slice(None), slice(None)) + crop], ws
 
 
 def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
@@ -200,7 +205,7 @@ def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, out
                                                 f"taps: only real input values are multiplied)",))
         if backend == "decompose":
             raise ValueError(f"backend 'decompose' cannot run this transposed convolution: {plan.reason}")
-        x, ws, _, call, _ = _equivalent(v)
+        call, _ = _equivalent_call(v)
         b = registry.select(backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
@@ -214,7 +219,7 @@ def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, out
                           for i, kk, s, pd, dl, o in zip(v.x.shape[2:], v.full[2:], v.stride, v.padding, v.dilation,
                                                          g.out_size))
         c = cost.estimate_counts(v.spec, g.batch * g.out_channels * g.cin_per_group * reach, v.x.numel(),
-                                 g.batch * g.out_channels * g.positions, x.element_size(),
+                                 g.batch * g.out_channels * g.positions, v.x.element_size(),
                                  sum(math.prod(w.shape) for w in v.weights.values()))
         extra["cost"] = c.lines()
     return dataclasses.replace(plan, **extra)

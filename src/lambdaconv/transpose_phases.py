@@ -14,6 +14,7 @@ input, holds the reduction's identity (NaN for mean), plus the bias.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -63,7 +64,7 @@ def phases(d, x_shape, full, groups, stride, padding, dilation, out_size) -> lis
     per_dim = [_dim_phases(i, k, s, p, dl, q) for i, k, s, p, dl, q in
                zip(x_shape[2:], full[2:], stride, padding, dilation, out_size)]
     out = []
-    for combo in _product(per_dim):
+    for combo in itertools.product(*per_dim):
         outs = tuple(a[0] for a in combo)
         if any(a[1] is None for a in combo):
             out.append(Phase(outs, None, None, None))
@@ -75,12 +76,6 @@ def phases(d, x_shape, full, groups, stride, padding, dilation, out_size) -> lis
                      tuple(a[6] for a in combo))
         out.append(Phase(outs, crop, tuple(a[2] for a in combo), g))
     return out
-
-
-def _product(lists):
-    if not lists:
-        return [()]
-    return [(a,) + rest for a in lists[0] for rest in _product(lists[1:])]
 
 
 def forward_weights(v) -> dict:
@@ -102,14 +97,14 @@ def _sub_kernel(t, kernel):
     return t
 
 
-def run(v, out_size, select) -> torch.Tensor:
-    """y of the transposed call v (transpose._Args), each phase run by `select(call)`'s backend."""
+def run(v, phases_, out_size, select) -> torch.Tensor:
+    """y of the transposed call v (transpose._Args) from its phases (phases()), each run by
+    `select(call)`'s backend."""
     x = v.x
     wf = forward_weights(v)
     o = v.full[1] * v.groups
-    y = None
     pieces = []
-    for ph in phases(v.d, tuple(x.shape), v.full, v.groups, v.stride, v.padding, v.dilation, out_size):
+    for ph in phases_:
         if ph.geometry is None:
             pieces.append((ph.out, None))
             continue
