@@ -196,8 +196,8 @@ def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, out
         plan = plan_for(v.spec, v.reduce)
         if backend in ("auto", "decompose") and _native_applies(v):
             conv = f"conv_transpose{d}d"
-            native = tuple(c.replace("convNd", conv, 1).replace("(out_channels, in_channels/groups",
-                                                               "(in_channels, out_channels/groups") for c in plan.calls[:1])
+            layout = ("(out_channels, in_channels/groups", "(in_channels, out_channels/groups")  # ConvTranspose's
+            native = tuple(c.replace("convNd", conv, 1).replace(*layout) for c in plan.calls[:1])
             if any(gx == "1" for gx, _ in plan.terms) or reductions.get(v.reduce).backward == "count":
                 native += (f"{conv} of ones: at the taps that reach each output, the weights-only term / their count",)
             return dataclasses.replace(plan, calls=native, backend="decompose",

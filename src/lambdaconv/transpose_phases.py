@@ -71,9 +71,9 @@ def phases(d, x_shape, full, groups, stride, padding, dilation, out_size) -> lis
             continue
         crop = tuple(a[1] for a in combo)
         pad = tuple(a[5] for a in combo)
+        mode = "ignore" if any(lo or hi for lo, hi in pad) else "zeros"
         g = Geometry(d, n, c, o, groups, tuple(sl.stop - sl.start for sl in crop), tuple(a[3] for a in combo),
-                     (1,) * d, tuple(a[4] for a in combo), pad, "ignore" if any(lo or hi for lo, hi in pad) else "zeros",
-                     tuple(a[6] for a in combo))
+                     (1,) * d, tuple(a[4] for a in combo), pad, mode, tuple(a[6] for a in combo))
         out.append(Phase(outs, crop, tuple(a[2] for a in combo), g))
     return out
 
