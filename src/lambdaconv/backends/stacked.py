@@ -114,7 +114,7 @@ def run(x, items, g: Geometry) -> list:
     native = padded and symmetric and (ignore or (g.padding_mode == "zeros" and zero_safe))
     xin = pad_input(x, g) if padded and not native and not ignore else x
     main_slots, narrow_slots, how = _split(items, per, G)
-    scale = {}  # mean (not under "ignore"): the weights over the taps
+    scale = []  # per term: 1 / taps for mean (not under "ignore", which divides by the valid taps), else 1
     blocks = {"main": [], "narrow": []}
     consts = []
     for (spec, reduce, ws), (hs, split), (conv, shared) in zip(items, per, how):
@@ -130,9 +130,9 @@ def run(x, items, g: Geometry) -> list:
             k = slots.index(slot)
             cols[k] = v if cols[k] is None else cols[k] + v
         mean = reductions.get(reduce).backward == "count"
-        scale[len(consts)] = 1.0 / (Cg * g.taps) if mean and not ignore else 1.0
+        scale.append(1.0 / (Cg * g.taps) if mean and not ignore else 1.0)
         zero = torch.zeros(full, dtype=ct, device=dev)
-        H = torch.cat([zero if c is None else c for c in cols], 1) * scale[len(consts)]  # T-major as the stack
+        H = torch.cat([zero if c is None else c for c in cols], 1) * scale[-1]  # T-major as the stack
         blocks[conv].append(H.unflatten(0, (G, o_t // G)))
         cw = None if not split else split[0] * _full(_compile(split[1])(None, w), full, ct, dev)
         consts.append((cw, mean, o_t // G))
