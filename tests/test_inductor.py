@@ -163,3 +163,36 @@ def test_a_graph_that_does_not_compile_runs_tiled(monkeypatch):
     assert ind_compile.failed() is None  # the backend stays on for other graphs
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_a_warm_cache_loads_the_kept_module_without_compiling(lc_settings, tmp_path, monkeypatch):
+    """A new process (here: the in-process cache emptied) loads the module an earlier compile kept,
+    without Inductor's compile path; a record whose module is gone is compiled again."""
+    import json
+    import os
+
+    import torch._inductor.compile_fx as cfx
+    from lambdaconv.backends.inductor import warm
+    lc_settings(cache_dir=str(tmp_path), cpu_compile="1")
+    x = torch.randn(1, 3, 6, 5, dtype=torch.float64)
+    w = {"weight": torch.randn(4, 3, 3, 3, dtype=torch.float64)}
+    want = lc.conv2d(x, "adder", w, padding=1, backend="reference")
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    assert torch.allclose(lc.conv2d(x, "adder", w, padding=1, backend="inductor"), want)
+    records = [f for f in os.listdir(tmp_path / "inductor") if not f.startswith("vec-isa")]
+    assert records, "the compile kept no record"
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled although the cache was warm")
+    monkeypatch.setattr(cfx, "compile_fx_inner", no_compile)
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    assert torch.allclose(lc.conv2d(x, "adder", w, padding=1, backend="inductor"), want)
+
+    for f in records:  # the kept modules deleted: the records are ignored, the graphs compiled again
+        with open(tmp_path / "inductor" / f) as fh:
+            os.remove(json.load(fh)[1])
+        assert warm.load(f[:-len(".json")]) is None
+    monkeypatch.undo()
+    lc_settings(cache_dir=str(tmp_path), cpu_compile="1")
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    assert torch.allclose(lc.conv2d(x, "adder", w, padding=1, backend="inductor"), want)

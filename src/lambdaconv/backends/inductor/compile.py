@@ -8,6 +8,10 @@ mode carries a ShapeEnv and the compile runs inside a TracingContext: without th
 bypasses that cache. Dynamo is not involved: it would count every op and shape as a recompile of
 one function (its limit is 8) and guard on every call.
 
+A warm process does not go through Inductor's compile path at all: warm.py keeps, per traced
+graph, the path of the module Inductor wrote, and loads it directly (importing Inductor's compiler
+and hashing the graph for its cache cost more than a second).
+
 If Inductor cannot compile here (no C++ compiler, a torch without it), `Unavailable` is raised with
 the reason; the backend then warns once and runs the tiled path.
 """
@@ -19,6 +23,7 @@ import time
 import torch
 
 from ...notice import compiling
+from . import warm
 
 _COMPILED: dict = {}
 _MAX = 256  # compiled graphs kept per process (each holds a loaded shared library)
@@ -75,7 +80,6 @@ def _is_environment(err: Exception) -> bool:
 
 def _build(fn, args: list):
     import torch._guards
-    from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -93,9 +97,15 @@ def _build(fn, args: list):
             # Inductor's decompositions at trace time: the graph is what its lowering takes, and
             # compile_fx_inner compiles it directly (no second trace through AOT autograd)
             gm = make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode="fake")(*fake)
-        with torch._guards.tracing(torch._guards.TracingContext(mode)):
+    key = warm.graph_key(gm, args)
+    call = warm.load(key)
+    if call is None:
+        from torch._inductor.compile_fx import compile_fx_inner
+        with torch._guards.tracing(torch._guards.TracingContext(mode)), warm.config():
             inner = compile_fx_inner(gm, fake)
-    return lambda *a: inner(list(a))
+        warm.keep(key, gm, inner)
+        call = inner
+    return lambda *a: call(list(a))
 
 
 def clear() -> None:
