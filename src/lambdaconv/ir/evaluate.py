@@ -20,12 +20,10 @@ def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None
 
 
 def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None,
-                  scalars: bool = False, lower: dict | None = None):
+                  scalars: bool = False):
     """Evaluate several expressions sharing one memo (partials reuse the forward's nodes).
     scalars: constants stay Python floats where an op also takes a tensor (graphs that a compiler
-    traces: x ** 2.0 then lowers to x * x, where a 0-d tensor exponent is a general pow).
-    lower: op name -> function of the evaluated arguments, in place of the op's torch function
-    (a compiled backend's cheaper formula of the same value)."""
+    traces: x ** 2.0 then lowers to x * x, where a 0-d tensor exponent is a general pow)."""
     dtype = dtype or x.dtype
     device = device or x.device
     memo = {}
@@ -42,10 +40,7 @@ def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, de
                 v = float(n.value) if scalars else _const(n.value, arena, dtype, device)
             else:
                 args = [memo[a] for a in n.args]
-                if lower and n.op in lower:
-                    v = lower[n.op](*args)
-                else:
-                    v = _apply_scalars(n, args, dtype, device) if scalars else _apply(n, args, arena, dtype, device)
+                v = _apply_scalars(n, args, dtype, device) if scalars else _apply(n, args, arena, dtype, device)
             memo[n] = v
         out.append(memo[e])
     return out

@@ -30,21 +30,6 @@ from ...geometry import Geometry
 from ...ir import evaluate_many
 
 
-def _tanh(z):
-    """tanh as expm1(2z) / (expm1(2z) + 2): in Inductor's vectorized loops expm1 costs a fraction
-    of tanh (docs/perf_notes.md), and it keeps tanh's relative accuracy near 0 (a few ulp; 1 -
-    2 / (exp(2z) + 1) would cancel there). |z| is clamped at 10, where fp32 and half tanh are
-    +-1 already (e = inf would give inf / inf); float64 keeps torch.tanh."""
-    if z.dtype == torch.float64:
-        return torch.tanh(z)
-    e = torch.expm1(2.0 * z.clamp(-10.0, 10.0))
-    return e / (e + 2.0)
-
-
-# op name -> the formula the compiled graphs evaluate in place of the op's torch function
-LOWER = {"tanh": _tanh}
-
-
 def _strides(size: tuple, inner: int) -> list:
     """Row-major strides of a tensor (*size, inner) along size's dims."""
     return [inner * math.prod(size[i + 1:]) for i in range(len(size))]
@@ -131,7 +116,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
         ws = dict(zip(names, (s.weight(w) for w in rest[:len(names)])))
         extra = list(rest[len(names):])
         xw = s.x_window(x)
-        (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, lower=LOWER)
+        (t,) = evaluate_many([spec.expr], xw, ws, scalars=True)
         t = _full(t, s.full_out)
         mask = extra.pop(0) if masked else None
         if masked:
@@ -145,7 +130,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
             v = rec.reference(t, red, None)
         out = [s.to_output(v)]
         if winner:  # the taps again, as new nodes (see backward_fn)
-            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, lower=LOWER)
+            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True)
             t = _full(t, s.full_out)
             if masked:
                 t = torch.where(s.mask_window(mask), t, rec.identity)
@@ -175,7 +160,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
         if need_x:
             ws = dict(zip(names, (s.weight(w) for w in flips)))
             xv = s.x_point(x)
-            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True, lower=LOWER)
+            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True)
             sc = s.gz_window(gz)
             if soft:
                 sc = sc * torch.exp(vals[1] - s.gz_window(yz))
@@ -192,7 +177,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
                 # each reduction its own nodes: a node two reductions read would be realized
                 # (the whole taps tensor); apart, Inductor fuses the reductions into one loop
                 # nest and its CSE evaluates their shared subexpressions once
-                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True, lower=LOWER)
+                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True)
                 sc = s.per_output(gy)
                 if soft:
                     sc = sc * torch.exp(vals[1] - s.per_output(y))
