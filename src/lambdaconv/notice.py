@@ -3,12 +3,15 @@
 A first call of a new op and shape compiles kernels (Triton, Inductor) and may tune them: seconds
 in which a training script would otherwise sit silent. `compiling(what)` starts a timer; if the
 block is still running after NOTICE_S, it prints "lambdaconv: compiling <what> ..." once.
+`steps(what, total)` counts the steps of a long loop (a tuner compiling and timing its candidate
+configs): once it has run for NOTICE_S, a progress bar on a terminal, one line in a log.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 import threading
+import time
 
 NOTICE_S = 2.0
 _seen: set = set()
@@ -24,6 +27,37 @@ def compiling(what: str):
         yield
     finally:
         timer.cancel()
+
+
+class _Steps:
+    def __init__(self, what: str, total: int):
+        self.what, self.total, self.done, self.t0, self.shown = what, total, 0, time.perf_counter(), False
+        self.tty = getattr(sys.stderr, "isatty", lambda: False)()
+
+    def __call__(self) -> None:
+        """One step done."""
+        self.done += 1
+        if time.perf_counter() - self.t0 < NOTICE_S:
+            return
+        if self.tty:
+            bar = "#" * (20 * self.done // self.total)
+            print(f"\rlambdaconv: {self.what} [{bar:<20}] {self.done}/{self.total}", end="", file=sys.stderr,
+                  flush=True)
+        elif not self.shown:
+            print(f"lambdaconv: {self.what}: {self.done}/{self.total} after {time.perf_counter() - self.t0:.0f} s",
+                  file=sys.stderr, flush=True)
+        self.shown = True
+
+
+@contextlib.contextmanager
+def steps(what: str, total: int):
+    """A context yielding advance(): call it after each of `total` steps."""
+    s = _Steps(what, max(1, total))
+    try:
+        yield s
+    finally:
+        if s.shown and s.tty:
+            print(file=sys.stderr, flush=True)
 
 
 def first(key, what) -> contextlib.AbstractContextManager:

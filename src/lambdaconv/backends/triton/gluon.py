@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from . import gluon_staged
 from . import templates as T
-from ... import reductions, settings
+from ... import notice, reductions, settings
 from .codegen import OUTPUT_TILE, fill, indent as _indent, lines
 from . import tuning, winners
 from .launch import launch as fast_launch
@@ -481,12 +481,16 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
         from triton.testing import do_bench
 
         timed = []
-        for c in cands:
-            if not launch(mod, args, kw, rows, og, groups, cg, c, raw):
-                break  # did not compile: nothing else will
-            timed.append((do_bench(lambda: launch(mod, args, kw, rows, og, groups, cg, c, raw), warmup=10,
-                                   rep=40, return_mode="median"), c))
-        timed.append((do_bench(portable, warmup=10, rep=40, return_mode="median"), "portable"))
+        with notice.steps(f"tuning the forward ({len(cands) + 1} configs, once per shape bucket)",
+                          len(cands) + 1) as advance:
+            for c in cands:
+                if not launch(mod, args, kw, rows, og, groups, cg, c, raw):
+                    break  # did not compile: nothing else will
+                timed.append((do_bench(lambda: launch(mod, args, kw, rows, og, groups, cg, c, raw), warmup=10,
+                                       rep=40, return_mode="median"), c))
+                advance()
+            timed.append((do_bench(portable, warmup=10, rep=40, return_mode="median"), "portable"))
+            advance()
         best = _chosen[key] = min(timed, key=lambda v: v[0])[1]  # a string, never None: None is "not tuned"
         winners.put(dev, disk, best if best == "portable" else list(best))
         TUNE_LOG.append({"module": mod.__name__, "CG": cg, "OG": og, "rows": rows,

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ... import settings
+from ... import notice, settings
 from . import winners
 from ...settings import interpreting
 
@@ -159,16 +159,19 @@ def launch(kind, kernel, args, kw, device, rows, n_cols, groups, interpret=None,
         from triton.testing import do_bench
 
         best = None
-        for c in cands:
-            try:
-                ms = do_bench(lambda: _run(kind, kernel, args, kw, rows, n_cols, groups, c), warmup=10, rep=40,
-                              return_mode="median")
-            except Exception as err:  # a config the compiler rejects (e.g. out of resources)
-                if "OutOfResources" not in type(err).__name__ and "out of resource" not in str(err):
-                    raise
-                continue
-            if best is None or ms < best[0]:
-                best = (ms, c)
+        with notice.steps(f"tuning {kind} ({len(cands)} configs, once per shape bucket)", len(cands)) as advance:
+            for c in cands:
+                try:
+                    ms = do_bench(lambda: _run(kind, kernel, args, kw, rows, n_cols, groups, c), warmup=10, rep=40,
+                                  return_mode="median")
+                except Exception as err:  # a config the compiler rejects (e.g. out of resources)
+                    if "OutOfResources" not in type(err).__name__ and "out of resource" not in str(err):
+                        raise
+                    continue
+                finally:
+                    advance()
+                if best is None or ms < best[0]:
+                    best = (ms, c)
         cfg = _chosen[key] = best[1]
         winners.put(device, _disk_key(kind, kernel, key, cands), list(cfg))
     _run(kind, kernel, args, kw, rows, n_cols, groups, cfg)
