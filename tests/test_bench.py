@@ -214,3 +214,17 @@ def test_layers_study_rows_against_references(tmp_path):
     assert len(report.read_table(str(tmp_path / report.TABLE))) == len(rows)
     with pytest.raises(SystemExit):
         layers.main(["--device", "cpu", "--layers", "nope"])
+
+
+def test_rows_say_when_a_gluon_kernel_fell_back(monkeypatch, capsys):
+    """A run in which a Gluon kernel failed (and the portable one ran) says so in every row."""
+    import argparse
+
+    from lambdaconv.backends.triton import gluon
+    from lambdaconv.bench import study
+    monkeypatch.setattr(gluon, "FALLBACKS", [])
+    with pytest.warns(RuntimeWarning, match="Gluon forward is not available"):
+        gluon._warn(RuntimeError("no Gluon"))
+    rows = study.finish("direct", [{"op": "adder", "ms": 1.0}], argparse.Namespace(note=None, out=None),
+                        torch.device("cpu"))
+    assert "Gluon fell back to portable in this run (RuntimeError: no Gluon)" in rows[0]["note"]

@@ -55,14 +55,26 @@ def finish(study: str, rows: list, args, device, device_label: str = "") -> list
     meta = report.run_meta(device)
     if device_label:
         meta["device"] = device_label
+    fell = _gluon_fallbacks()
     for r in rows:
         r["study"] = study
+        if fell:  # the rows may have timed the portable kernels: say so in every row of the run
+            r["note"] = f"{r['note']}; {fell}" if r.get("note") else fell
         if args.note:
             r["note"] = f"{r['note']}; {args.note}" if r.get("note") else args.note
     print(report.table(rows, meta), flush=True)
     if args.out:
         print("appended to " + report.append(args.out, rows, meta))
     return rows
+
+
+def _gluon_fallbacks() -> str:
+    """"Gluon fell back to portable in this run (reason)" where a Gluon kernel failed, else ""."""
+    import sys
+    gluon = sys.modules.get("lambdaconv.backends.triton.gluon")  # not imported: no Gluon kernel ran
+    if gluon is None or not gluon.FALLBACKS:
+        return ""
+    return f"Gluon fell back to portable in this run ({'; '.join(dict.fromkeys(gluon.FALLBACKS))})"
 
 
 def timed(rows_by_name: dict, times: dict, errors: dict) -> None:

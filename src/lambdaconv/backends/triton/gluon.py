@@ -290,8 +290,12 @@ def load_once(key, make_text):
     return mod
 
 
+FALLBACKS: list = []  # why a Gluon kernel fell back to the portable one in this process (benchmarks note it)
+
+
 def _warn(err):
     msg = str(err).splitlines()[0][:200] if str(err) else ""
+    FALLBACKS.append(f"{type(err).__name__}: {msg}")
     warnings.warn(f"lambdaconv: the Gluon forward is not available ({type(err).__name__}: {msg}); "
                   "running the portable triton kernel", RuntimeWarning, stacklevel=4)
 
