@@ -14,7 +14,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def fresh_cache(tmp_path, lc_settings):
-    lc_settings(cache_dir=str(tmp_path))
+    lc_settings(cache_dir=str(tmp_path), tune=True)  # winners are timed only when tuning is asked for
     winners.clear_memory()
     tuning._chosen.clear()
     yield tmp_path

@@ -11,7 +11,7 @@ be changed for a block of code (tests, sweeps) with `override`:
 | field | environment variable | default | meaning |
 |---|---|---|---|
 | cache_dir | LAMBDACONV_CACHE | $XDG_CACHE_HOME/lambdaconv | where generated kernel modules are written |
-| tune | LAMBDACONV_TRITON_TUNE | True | time a few configs per kernel and shape bucket (False: the first) |
+| tune | LAMBDACONV_TRITON_TUNE | False | time the candidate configs of each kernel on the first call of a shape bucket (winners kept on disk); False: the config a table of measured winners gives (no timing, a first call compiles one config per kernel) |
 | triton_config | LAMBDACONV_TRITON_CONFIG | None | "BLOCK_M,BLOCK_N,warps,stages,unroll" for every portable kernel |
 | triton_gw | LAMBDACONV_TRITON_GW | None | "outer": the outer-product portable weight gradient |
 | fast_launch | LAMBDACONV_FAST_LAUNCH | True | launch compiled kernels through the cached launcher |
@@ -56,7 +56,7 @@ _ENV = {  # field -> environment variable (the table above)
 @dataclasses.dataclass(frozen=True)
 class Settings:
     cache_dir: Optional[str] = None
-    tune: bool = True
+    tune: bool = False
     triton_config: Optional[str] = None
     triton_gw: Optional[str] = None
     fast_launch: bool = True

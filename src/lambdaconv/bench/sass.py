@@ -127,7 +127,8 @@ def kernel(a) -> list:
         bm, bc, bk = cfg[:3]
         g.update(IH=56, IW=56, PH=1, PW=1, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, L3=gluon.layout(cfg))
         sass = _compile(mod._bwd_x_gluon, g, cfg[7] * cfg[8])
-        return report(f"input gradient {a.op}", sass, cfg[3] * bk * cfg[4], a.dump)
+        # one loop iteration: an out-channel block of BLOCK_K, the kernel's taps unrolled (static_range)
+        return report(f"input gradient {a.op}", sass, cfg[3] * bk * cfg[4] * g["KH"] * g["KW"] * g["KD"], a.dump)
     mod = load(gluon_bwd.source_w(spec, tuple(True for _ in spec.weight_names)), False)
     to, tc = map(int, a.tile.split(","))
     wo, wc = map(int, a.warps.split(","))

@@ -269,7 +269,10 @@ def half_sum(spec, reduce: str) -> bool:
 def module(spec, reduce: str, compute: str):
     """The imported Gluon forward module of (op, reduce, compute), or None (not applicable, or no
     Gluon here: warned once)."""
-    return load_once((spec, reduce, compute), lambda: source(spec, reduce, compute))
+    mod = load_once((spec, reduce, compute), lambda: source(spec, reduce, compute))
+    if mod is not None:
+        mod.COMPUTE = compute  # the table's choice depends on it (default_config)
+    return mod
 
 
 def load_once(key, make_text):
@@ -457,6 +460,27 @@ def forward(mod, args, kw, rows, og, groups, cg, portable, raw=None) -> None:
         portable()
 
 
+def default_config(cands: list, rows: int, og: int, groups: int, half: bool, sms: int):
+    """The config an untuned call runs (settings.tune False, the default), among the call's fitted
+    candidates: a table of the tuner's measured winners (docs/perf_notes.md, "Gluon forward
+    configs"; H100, fp32 and fp16, both anchor shapes):
+    - packed-half sums: the 4-warp 64x64 staged config (CONFIGS[1], capped at 80 registers);
+    - a grid of the first candidate with fewer than 4 programs per SM: the first config with K
+      slices (more warps per program; 0.243 -> 0.164 ms at N16 C256 O256 14x14);
+    - otherwise the first candidate (the best staged config at N16 C64 O64 56x56; where max / min
+      save winners, the first register-kernel config)."""
+    first = cands[0]
+    quad = [c for c in cands if c[:2] == CONFIGS[1][:2] and c[3:] == CONFIGS[1][3:]]  # BLOCK_K as fitted
+    if half and quad:
+        return quad[0]
+    programs = -(-rows // first[0]) * -(-og // first[1]) * groups
+    if programs < 4 * sms:
+        sliced = [c for c in cands if gluon_staged.is_staged(c) and c.k_slices > 1]
+        if sliced:
+            return sliced[0]
+    return first
+
+
 def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     """The config to launch (or "portable"): the only candidate, or the fastest, timed once per
     (module, kw, batch-size bucket)."""
@@ -464,8 +488,10 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     if forced is not None:  # an index into CONFIGS, or a config written out "64,64,4,..." (sweeps)
         cfg = tuple(int(v) for v in forced.split(",")) if "," in forced else CONFIGS[int(forced)]
         cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and gluon_staged.is_staged(c))]
-    elif not tune:
-        cands = cands[:1]
+    elif not tune:  # the default: no timing, the table's config for this call (exhaustive tuning on request)
+        dev = (raw[0][0] if raw is not None else (args() if callable(args) else args)[0]).device
+        cands = [default_config(cands, rows, og, groups, getattr(mod, "COMPUTE", "tl.float32") != "tl.float32",
+                                tuning.sm_count(dev))] if cands else []
     if not cands:
         return "portable"
     if len(cands) == 1:
