@@ -58,19 +58,23 @@ CASES = [  # (d, x shape, weight shape (C, O/g, *k), stride, padding, output_pad
 ]
 
 
-def by_phases(d, x, op, ws, b, s, p, op_, g, dl, reduce):
+def by_phases(d, x, op, ws, b, s, p, op_, g, dl, reduce, split=False):
     """The phase route (transpose_phases: one stride-1 call per output phase, what the triton
-    kernels run) on the float64 tiled backend."""
+    kernels run) on the float64 tiled backend; split: with the borders apart (what runs where the
+    Gluon forward applies)."""
     from lambdaconv import transpose, transpose_phases
     from lambdaconv.backends import registry
     v = transpose._validate(d, x, op, ws, b, s, p, op_, g, dl, reduce, "auto", None)
     out = transpose._equivalent_call(v)[0].geometry.out_size
     phases = transpose_phases.phases(d, tuple(x.shape), v.full, g, s, p, dl, out)
+    if split:
+        phases = transpose_phases.split_borders(phases)
     return transpose_phases.run(v, phases, out, lambda c: registry.get("tiled"))
 
 
 ROUTES = {"auto": lambda d, *a, reduce: TCONV[d](*a, reduce=reduce),
-          "phases": lambda d, *a, reduce: by_phases(d, *a, reduce)}
+          "phases": lambda d, *a, reduce: by_phases(d, *a, reduce),
+          "phases-split": lambda d, *a, reduce: by_phases(d, *a, reduce, split=True)}
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -169,3 +173,27 @@ def test_layer_explain_names_what_runs(op):
     assert m.explain().op == plan.op
     with pytest.raises(ValueError, match="channels"):
         m.explain(torch.randn(2, 5, 5, 6))
+
+
+def test_split_borders_keeps_the_taps_in_zero_padded_interiors():
+    """k3 s2 p1 op1 in 2-d: 4 phases, 3 under "ignore"; split, 9 pieces whose outputs tile y once,
+    the interiors without padding (the Gluon forward's), nearly every tap in them."""
+    import math
+
+    from lambdaconv import transpose_phases
+    x_shape, full, out = (2, 4, 10, 12), (4, 3, 3, 3), (20, 24)
+    phases = transpose_phases.phases(2, x_shape, full, 1, (2, 2), (1, 1), (1, 1), out)
+    assert sum(ph.geometry.padding_mode == "ignore" for ph in phases) == 3
+    pieces = transpose_phases.split_borders(phases)
+    assert len(pieces) == 9
+    cover = torch.zeros(out, dtype=torch.int64)
+    for ph in pieces:
+        cover[ph.out] += 1
+        gm = ph.geometry
+        assert gm.out_size == tuple(len(range(*sl.indices(n))) for sl, n in zip(ph.out, out))
+        assert tuple(sl.stop - sl.start for sl in ph.crop) == gm.in_size
+    assert bool((cover == 1).all())
+    taps = {m: sum(math.prod(p.geometry.out_size) * math.prod(p.geometry.kernel) for p in pieces
+                   if (p.geometry.padding_mode == "zeros") == m) for m in (True, False)}
+    assert all(p.geometry.pad == ((0, 0), (0, 0)) for p in pieces if p.geometry.padding_mode == "zeros")
+    assert taps[True] > 0.8 * (taps[True] + taps[False])

@@ -163,12 +163,16 @@ else:
         (1, (1, 2, 3), (2, 2, 2), (3,), (2,), (1,), 1, (1,)),  # windows that miss the input
     ]
 
+    @pytest.mark.parametrize("split", [False, True], ids=["phases", "split-borders"])
     @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "logsumexp"])
     @pytest.mark.parametrize("case", TCASES, ids=lambda c: f"{c[0]}d-s{c[3]}")
-    def test_transposed_runs_by_phases(case, reduce):
-        """conv_transpose on the triton kernels (one stride-1 call per output phase, no holes)
-        against the float64 loop definition, forward and every gradient."""
+    def test_transposed_runs_by_phases(case, reduce, split, monkeypatch):
+        """conv_transpose on the triton kernels (one stride-1 call per output phase, no holes; with
+        split, each phase's borders apart, as where the Gluon forward runs the interiors) against the
+        float64 loop definition, forward and every gradient."""
+        from lambdaconv import transpose
         from test_transpose import definition
+        monkeypatch.setattr(transpose, "_gluon_takes_interiors", lambda call: split)
         d, xs, wsh, s, p, op_, g, dl = case
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(xs, generator=gen, dtype=torch.float64)

@@ -73,10 +73,20 @@ def _route(v: "_Args", backend: str, call):
         except ValueError:
             bp = None
         if bp and (b is None or (bp.priority is not None and b.priority is not None and bp.priority < b.priority)):
+            if bp.name == "triton" and _gluon_takes_interiors(call):
+                phases = transpose_phases.split_borders(phases)
             return bp, phases
     if b is None:
         raise why
     return b, None
+
+
+def _gluon_takes_interiors(call) -> bool:
+    """Whether the Gluon forward would run the phases' zero-padded calls (it takes no "ignore"
+    padding): then each phase's border pieces run apart (transpose_phases.split_borders)."""
+    from .backends.triton import kplan
+    return (kplan.gluon_wanted(call.device) and "gluon" in reductions.get(call.reduce).code
+            and call.geometry.cin_per_group >= 2)
 
 
 class _Args(NamedTuple):
@@ -206,12 +216,22 @@ def explain_transpose(d, input, op, weights, bias=None, stride=1, padding=0, out
         if backend == "decompose":
             raise ValueError(f"backend 'decompose' cannot run this transposed convolution: {plan.reason}")
         call, _ = _equivalent_call(v)
-        b = registry.select(backend, call)
+        b, phases = _route(v, backend, call)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{err}{calls._context(op, input, weights)}") from None
-    kernels = tuple(b.describe(call)) if b.describe is not None else ()
-    kernels += ("transposed: the stride-1 convolution of the zero-inserted input with the flipped kernel; "
-                "inserted zeros and the padding are no taps",)
+    if phases is None:
+        kernels = tuple(b.describe(call)) if b.describe is not None else ()
+        kernels += ("transposed: the stride-1 convolution of the zero-inserted input with the flipped kernel; "
+                    "inserted zeros and the padding are no taps",)
+    else:
+        first = next(ph.geometry for ph in phases if ph.geometry is not None)
+        kernels = tuple(b.describe(backends.Call(v.spec, v.reduce, first, call.device, call.dtype))) \
+            if b.describe is not None else ()
+        runs = [ph.geometry for ph in phases if ph.geometry is not None]
+        kernels += (f"transposed: {len(runs)} stride-1 convolutions of the real input values over the output "
+                    f"phases (transpose_phases.py; {sum(gm.padding_mode == 'ignore' for gm in runs)} of them "
+                    "under 'ignore' padding where their windows leave the input); the kernels above are the "
+                    "first one's",)
     extra = {"backend": b.name, "kernels": kernels}
     if plan.strategy == "direct":  # the real taps: (input position, kernel offset) pairs landing in the output
         g = call.geometry

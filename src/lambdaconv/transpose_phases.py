@@ -11,9 +11,15 @@ autograd sums grad_x over the phases; the phases' outputs are interleaved into y
 
 A phase that no offset reaches (stride and dilation sharing a factor), or whose window misses the
 input, holds the reduction's identity (NaN for mean), plus the bias.
+
+`split_borders` cuts each "ignore" phase into its interior (every window inside the input: plain
+zero padding of width 0, which the Gluon forward runs) and the thin border pieces whose windows
+leave the input (still "ignore": the portable kernel). For k3 s2 p1 op1 in 2-d that is 9 calls
+instead of 4, nearly all of the taps in the interior ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import NamedTuple
@@ -75,6 +81,47 @@ def phases(d, x_shape, full, groups, stride, padding, dilation, out_size) -> lis
         g = Geometry(d, n, c, o, groups, tuple(sl.stop - sl.start for sl in crop), tuple(a[3] for a in combo),
                      (1,) * d, tuple(a[4] for a in combo), pad, mode, tuple(a[6] for a in combo))
         out.append(Phase(outs, crop, tuple(a[2] for a in combo), g))
+    return out
+
+
+def _dim_segments(n_r: int, lo: int, hi: int, length: int, m: int, sub_dil: int) -> list:
+    """One dim of a phase cut into output segments: the outputs whose windows leave the input at
+    the low end, the interior, those past the high end. Each (a, b, crop start, crop stop, pad lo,
+    pad hi): outputs [a, b) of the phase, the input slice of the phase's crop they read, and the
+    padding left (0 inside)."""
+    lo_cut = min(lo, n_r)
+    cuts = [0, lo_cut, max(lo_cut, n_r - hi), n_r]
+    span = (m - 1) * sub_dil
+    out = []
+    for a, b in zip(cuts, cuts[1:]):
+        if b > a:
+            first, last = a - lo, b - 1 + span - lo  # the windows' extent in the crop's coordinates
+            out.append((a, b, max(0, first), min(length, last + 1), max(0, -first), max(0, last - (length - 1))))
+    return out
+
+
+def split_borders(phases_: list) -> list:
+    """The phases with every "ignore" phase cut into its interior and border pieces (module doc)."""
+    out = []
+    for ph in phases_:
+        g = ph.geometry
+        if g is None or g.padding_mode != "ignore":
+            out.append(ph)
+            continue
+        per_dim = [_dim_segments(g.out_size[i], *g.pad[i], g.in_size[i], g.kernel[i], g.dilation[i])
+                   for i in range(g.dims)]
+        for combo in itertools.product(*per_dim):
+            outs = tuple(slice(sl.start + a * sl.step, sl.start + (b - 1) * sl.step + 1, sl.step)
+                         for sl, (a, b, *_rest) in zip(ph.out, combo))
+            if any(c1 <= c0 for _a, _b, c0, c1, _l, _h in combo):  # no real tap: the identity
+                out.append(Phase(outs, None, None, None))
+                continue
+            crop = tuple(slice(sl.start + c0, sl.start + c1) for sl, (_a, _b, c0, c1, _l, _h) in zip(ph.crop, combo))
+            pad = tuple((lo, hi) for *_x, lo, hi in combo)
+            mode = "ignore" if any(lo or hi for lo, hi in pad) else "zeros"
+            sub = dataclasses.replace(g, in_size=tuple(c1 - c0 for _a, _b, c0, c1, _l, _h in combo), pad=pad,
+                                      padding_mode=mode, out_size=tuple(b - a for a, b, *_r in combo))
+            out.append(Phase(outs, crop, ph.kernel, sub))
     return out
 
 
