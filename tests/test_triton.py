@@ -192,3 +192,44 @@ else:
         want = torch.autograd.grad(r, ref_in, gy)
         for a, e in zip(got, want):
             assert rel_err(a.double(), e) < 1e-4
+
+    # two-level morphology fused in triton kernels (backends/triton/twolevel_kernel.py)
+    from test_two_level import GEO, GEOMETRIES, OPS, _inputs  # noqa: E402
+    from unfold_definition import definition  # noqa: E402
+
+    def _check_two_level(op, pair, geo, tol=1e-5):
+        from lambdaconv import twolevel
+        d, x, w, b, kw = _inputs(geo)
+        leaves_r = [t.clone().requires_grad_() for t in (x, w, b)]
+        ref = definition(leaves_r[0], {"W": leaves_r[1]}, {"y": OPS[op]}, pair, None, (), leaves_r[2], **kw)
+        leaves = [t.float().requires_grad_() for t in (x, w, b)]
+        assert twolevel.fused_triton(pair, lc.ir.resolve_op(op), leaves[0], "triton")
+        y = CONV[d](leaves[0], op, {"W": leaves[1]}, leaves[2], reduce=pair, backend="triton", **kw)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        got = [y, *torch.autograd.grad(y, leaves, gy.float())]
+        want = [ref, *torch.autograd.grad(ref, leaves_r, gy)]
+        for name, a, r in zip(("output", "grad x", "grad W", "grad bias"), got, want):
+            assert rel_err(a.double(), r) <= tol, f"{op} {pair}: {name}"
+
+    @pytest.mark.parametrize("pair", [("max", "sum"), ("min", "mean"), ("max", "mean")], ids="-".join)
+    @pytest.mark.parametrize("op", OPS)
+    def test_two_level_fused_kernels(op, pair):
+        """(max / min, sum / mean) in the fused triton kernels against the float64 definition,
+        forward and every gradient (stride 2, groups, "ignore" padding)."""
+        _check_two_level(op, pair, GEO)
+
+    @pytest.mark.parametrize("geo", GEOMETRIES, ids=lambda g: f"{g[0]}d-s{g[3]}-p{g[4]}-d{g[5]}-g{g[6]}-{g[7]}")
+    def test_two_level_fused_kernels_geometries(geo):
+        _check_two_level("x + W", ("max", "sum"), geo)
+
+    def test_two_level_fused_kernels_ties_go_to_the_first_winner():
+        """A constant input with W = 0: every tap ties; the gradient goes to the first winner, as the
+        definition's torch.max."""
+        x = torch.ones(1, 2, 5, 5, requires_grad=True)
+        w = torch.zeros(3, 2, 3, 3, requires_grad=True)
+        y = lc.conv2d(x, "x + W", {"W": w}, padding=1, reduce=("max", "sum"), backend="triton")
+        xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+        ref = definition(xr, {"W": wr}, {"y": lambda x, W: x + W}, ("max", "sum"), None, (), None, padding=1)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+        for a, r in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(ref, (xr, wr), gy.double())):
+            assert torch.allclose(a.double(), r, rtol=0, atol=1e-5)

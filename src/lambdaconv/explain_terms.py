@@ -33,6 +33,7 @@ def _how_text(t: Term, how: str, backend: str) -> str:
     if how == "two-level":
         inner, outer = t.reduce
         route = {"fused": "fused tile by tile (twolevel_tiled)",
+                 "fused-triton": "fused in triton kernels, no per-channel values stored (twolevel_kernel)",
                  "either": "on CPU fused tile by tile; elsewhere a conv with groups = in_channels"}.get(
             backend, f"a conv with groups = in_channels, {backend}")
         return f"two-level: {inner} over each input channel's taps ({route}), then {outer} over the group's channels" \
@@ -55,6 +56,8 @@ def explain_terms(op, reduce=None, post=None, *, d=None, input=None, weights=Non
         be = backend
         if p is not None and how == "two-level" and twolevel.fused(backend, p.x):
             be = "fused"
+        elif p is not None and how == "two-level" and twolevel.fused_triton(t.reduce, t.spec, p.x, backend):
+            be = "fused-triton"
         elif p is not None and how in ("direct", "two-level") and backend == "auto":
             be = _backend_name(t, how, w, p)
         elif how == "two-level" and backend in ("auto", "tiled"):

@@ -9,7 +9,8 @@ tiled, triton, decompose for a separable op with an inner sum / mean). Its outpu
 (N, C * O/groups, *out) is the per-channel value; the outer reduction is the record's torch
 reference over the group's channels, so its gradient is torch's (max / min: the first winner).
 The reference backend computes the definition directly (reference.reference_conv with the pair).
-Memory: the per-channel values are in_channels/groups times the output. So when "tiled" is named,
+Memory: the per-channel values are in_channels/groups times the output. On CUDA, (max / min,
+sum / mean) runs fused in generated triton kernels instead (backends/triton/twolevel_kernel.py). When "tiled" is named,
 and under "auto" on CPU, the fused tile-by-tile path runs instead (backends/twolevel_tiled.py:
 both reductions per tile, memory bounded by the tile budget; 1.35x faster than the depthwise route
 with Inductor for the gallery's 16 -> 32 max-sum layer, fwd+bwd on one CPU thread).
@@ -47,6 +48,15 @@ def fused(backend: str, x) -> bool:
     return backend == "tiled" or (backend == "auto" and x.device.type == "cpu")
 
 
+def fused_triton(reduce: tuple, spec, x, backend: str) -> bool:
+    """Whether the fused triton kernels run it (backends/triton/twolevel_kernel.py: (max / min,
+    sum / mean) on CUDA under "auto" or "triton"): no per-channel values stored."""
+    if x.device.type != "cuda" and backend != "triton":
+        return False
+    from .backends.triton import twolevel_kernel
+    return twolevel_kernel.runs(reduce, spec, x, backend)
+
+
 def run(d, x, spec, ws: dict, reduce: tuple, g: Geometry, padding, backend: str) -> torch.Tensor:
     """The term's two-level reduction as (N, groups, O_t / groups, *out) in x's dtype. ws broadcast
     to (O_t, Cg or 1, *k)."""
@@ -59,6 +69,9 @@ def run(d, x, spec, ws: dict, reduce: tuple, g: Geometry, padding, backend: str)
         return y.unflatten(1, (g.groups, og))
     if fused(backend, x) and not transform_active():  # torch.func transforms: the depthwise route's aten ops
         return twolevel_tiled.run(x, spec, ws, reduce, gt).unflatten(1, (g.groups, og))
+    if fused_triton(reduce, spec, x, backend):
+        from .backends.triton import twolevel_kernel
+        return twolevel_kernel.run(x, spec, ws, reduce, gt).unflatten(1, (g.groups, og))
     inner, outer = (reductions.get(r) for r in reduce)
     dw = {n: depthwise_weight(w, full, g.groups) for n, w in ws.items()}
     per_c = functional.convnd(d, x, spec, dw, None, g.stride, padding, g.dilation, g.in_channels, inner.name,

@@ -65,6 +65,33 @@ import triton
 import triton.language as tl
 ''' + INDEX_HELPERS
 
+# The forward's rows and out channels of one program (BLOCK_M x BLOCK_N), and one tap t's input
+# position and bounds: shared by the forward and the fused two-level kernels (twolevel_kernel.py)
+FWD_ROWS = '''\
+    pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < n_rows
+    o_ok = offs_o < OG
+    n = offs_m // P
+    p = offs_m % P
+    od = p // (OH * OW)
+    oh = (p // OW) % OH
+    ow = p % OW
+    x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
+    w_base = g * (CG * T * OG) + offs_o
+'''
+FWD_TAP = '''\
+        kd = t // (KH * KW)
+        kh = (t // KW) % KH
+        kw = t % KW
+        id_ = od * SD + kd * DD - PD
+        ih = oh * SH + kh * DH - PH
+        iw = ow * SW + kw * DW - PW
+        ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        okf = tl.where(ok, 1.0, 0.0)
+'''
+
 FORWARD = '''
 
 @triton.jit
@@ -84,30 +111,10 @@ $GEOMETRY
     P: tl.constexpr = OD * OH * OW
     S: tl.constexpr = ID * IH * IW
     CT: tl.constexpr = $COMPUTE  # float32; fp16/bf16 only for ops exact in them (see kernels.py)
-    pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < n_rows
-    o_ok = offs_o < OG
-    n = offs_m // P
-    p = offs_m % P
-    od = p // (OH * OW)
-    oh = (p // OW) % OH
-    ow = p % OW
-    x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
-    w_base = g * (CG * T * OG) + offs_o
-    cnt = tl.zeros([BLOCK_M], tl.float32)  # taps in the window (mean under "ignore")
+''' + FWD_ROWS + '''    cnt = tl.zeros([BLOCK_M], tl.float32)  # taps in the window (mean under "ignore")
 $INIT
     for t in range(T):
-        kd = t // (KH * KW)
-        kh = (t // KW) % KH
-        kw = t % KW
-        id_ = od * SD + kd * DD - PD
-        ih = oh * SH + kh * DH - PH
-        iw = ow * SW + kw * DW - PW
-        ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-        okf = tl.where(ok, 1.0, 0.0)
-        cnt += okf
+''' + FWD_TAP + '''        cnt += okf
         x_off = x_base + (id_ * (IH * IW) + ih * IW + iw)
         for c in tl.range(CG, loop_unroll_factor=UNROLL):  # unrolled: loads issued ahead of the math
             xv = tl.load(x_ptr + x_off + _wide(c, I64) * S, mask=ok, other=0.0).to(CT)[:, None]
