@@ -354,6 +354,7 @@ CONFIGS = [
     RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 1),  # half the live x / w values of the 8-channel step
     RegisterConfig(64, 64, 4, 4, 8, 4, 8, 4, 1, 1),  # 4 warps (a cap for 3 programs per SM was slower)
 ]
+HALF_CONFIG = CONFIGS[1]  # the packed-half sums' default (named: tests narrow CONFIGS to one config)
 # register caps per config, where measured faster (capping the 8-warp register kernel for 3 programs
 # per SM made it slower: its spills cost more than the occupancy gained)
 FWD_MAXNREG: dict = {StagedConfig(64, 64, 16, 4, 8, 8, 4, 2, 2, 1): 80}
@@ -464,13 +465,15 @@ def default_config(cands: list, rows: int, og: int, groups: int, half: bool, sms
     """The config an untuned call runs (settings.tune False, the default), among the call's fitted
     candidates: a table of the tuner's measured winners (docs/perf_notes.md, "Gluon forward
     configs"; H100, fp32 and fp16, both anchor shapes):
-    - packed-half sums: the 4-warp 64x64 staged config (CONFIGS[1], capped at 80 registers);
+    - packed-half sums: the 4-warp 64x64 staged config (HALF_CONFIG, capped at 80 registers);
     - a grid of the first candidate with fewer than 4 programs per SM: the first config with K
       slices (more warps per program; 0.243 -> 0.164 ms at N16 C256 O256 14x14);
     - otherwise the first candidate (the best staged config at N16 C64 O64 56x56; where max / min
       save winners, the first register-kernel config)."""
     first = cands[0]
-    quad = [c for c in cands if c[:2] == CONFIGS[1][:2] and c[3:] == CONFIGS[1][3:]]  # BLOCK_K as fitted
+    if len(cands) == 1:
+        return first
+    quad = [c for c in cands if c[:2] == HALF_CONFIG[:2] and c[3:] == HALF_CONFIG[3:]]  # BLOCK_K as fitted
     if half and quad:
         return quad[0]
     programs = -(-rows // first[0]) * -(-og // first[1]) * groups
