@@ -113,14 +113,14 @@ def kernel(a) -> list:
         mod = load(gluon.source(spec, reduce, compute), False)
         cfg = tuple(int(v) for v in a.cfg.split(",")) if a.cfg else gluon.CONFIGS[a.config]
         bm, bn, bk, tm, tn = cfg[:5]
-        g.update(HAS_BIAS=False, SAVE_AUX=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        g.update(HAS_BIAS=False, SAVE_AUX=a.save_aux, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
         if gluon_staged.is_staged(cfg):  # staged through shared memory, zero padding in the kernel
             g.update(gluon_staged.layouts(cfg), IH=56, IW=56, PH=1, PW=1)
             sass = _compile(mod._fwd_staged, g, gluon_staged.warps(cfg), a.dtype, maxnreg=a.maxnreg)
         else:
             g.update(L3=gluon.layout(cfg), K_MODE=cfg[-1])
             sass = _compile(mod._fwd_gluon, g, cfg[7] * cfg[8], a.dtype, maxnreg=a.maxnreg)
-        return report(f"forward {a.op} {reduce} {a.dtype} config {cfg}", sass, tm * bk * tn, a.dump)
+        return report(f"forward {a.op} {reduce} {a.dtype} config {cfg}" + (" saving winners" if a.save_aux else ""), sass, tm * bk * tn, a.dump)
     if a.kernel == "gx":
         mod = load(gluon_bwd.source_x(spec), False)
         cfg = gluon_bwd.X_CONFIG
@@ -152,6 +152,7 @@ def main(argv=None) -> list:
     p.add_argument("--warps", default="4,2", help="warps along O,C (gw)")
     p.add_argument("--tile", default="4,8", help="partial sums per thread along O,C (gw)")
     p.add_argument("--maxnreg", type=int, default=None)
+    p.add_argument("--save-aux", action="store_true", help="fwd: max / min saving their winners (training)")
     a = p.parse_args(argv)
     try:
         import triton.experimental.gluon  # noqa: F401

@@ -343,7 +343,7 @@ CONFIGS = [
     StagedConfig(32, 64, 8, 4, 8, 8, 4, 1, 2, 1),
     StagedConfig(64, 64, 8, 8, 8, 8, 4, 1, 2, 1),
     StagedConfig(32, 32, 8, 4, 4, 8, 4, 1, 2, 2),
-    # the register kernel (never staged winners): the first of these is the default for saved winners
+    # the register kernel
     RegisterConfig(64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
     RegisterConfig(128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
     RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
@@ -361,10 +361,11 @@ FWD_MAXNREG: dict = {StagedConfig(64, 64, 16, 4, 8, 8, 4, 2, 2, 1): 80}
 
 
 def keeps_winners(cfg) -> bool:
-    """Whether the tuner may use cfg where max/min save their winning taps: the register kernel's
-    tap-major configs (K_MODE 0-2; channel-major 3 would break ties differently, the staged kernel
-    keeps none)."""
-    return cfg[-1] < 3
+    """Whether cfg may run where max/min save their winning taps: the register kernel's tap-major
+    configs (K_MODE 0-2; channel-major 3 would break ties differently) and, under
+    settings.gluon_staged_winners, the staged kernel's configs of one K slice (its steps are
+    tap-major; slices would split a step's channels)."""
+    return cfg[-1] < 3 or settings.get().gluon_staged_winners and gluon_staged.is_staged(cfg) and cfg[9] == 1
 
 
 @settings.on_change
@@ -469,7 +470,8 @@ def default_config(cands: list, rows: int, og: int, groups: int, half: bool, sms
     - a grid of the first candidate with fewer than 4 programs per SM: the first config with K
       slices (more warps per program; 0.243 -> 0.164 ms at N16 C256 O256 14x14);
     - otherwise the first candidate (the best staged config at N16 C64 O64 56x56; where max / min
-      save winners, the first register-kernel config)."""
+      save winners, the first register-kernel config, or the first staged one under
+      settings.gluon_staged_winners)."""
     first = cands[0]
     if len(cands) == 1:
         return first
@@ -490,7 +492,7 @@ def _choose(mod, args, kw, rows, og, groups, cg, portable, forced, tune, raw):
     cands = [c for c in (_fit(c, cg) for c in CONFIGS) if c is not None and not (kw["SAVE_AUX"] and not keeps_winners(c))]
     if forced is not None:  # an index into CONFIGS, or a config written out "64,64,4,..." (sweeps)
         cfg = tuple(int(v) for v in forced.split(",")) if "," in forced else CONFIGS[int(forced)]
-        cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and gluon_staged.is_staged(c))]
+        cands = [c for c in [_fit(cfg, cg)] if c is not None and not (kw["SAVE_AUX"] and not keeps_winners(c))]
     elif not tune:  # the default: no timing, the table's config for this call (exhaustive tuning on request)
         dev = (raw[0][0] if raw is not None else (args() if callable(args) else args)[0]).device
         cands = [default_config(cands, rows, og, groups, getattr(mod, "COMPUTE", "tl.float32") != "tl.float32",
