@@ -322,3 +322,22 @@ def test_torch_func_grad_and_vmap():
     f(wr).square().sum().backward()
     assert torch.allclose(torch.func.grad(lambda w: f(w).square().sum())(w), wr.grad)
     assert torch.allclose(torch.func.vmap(lambda xi: f(w, xi))(x[:, None])[:, 0], f(w))
+
+
+def test_host_work_is_planned_once_per_layout():
+    """A second call of the same layer reuses the stacked conv's plan (no IR walk per call), and
+    the cached broadcast of weight shapes agrees with torch's, errors included."""
+    from lambdaconv import geometry
+    from lambdaconv.backends import stacked
+    layer = lc.Conv2d(3, 4, 3, padding=1, op={"s": "x*W", "nx": "x*x", "nw": "W*W"},
+                      post="s / (sqrt(nx * nw) + 1)")
+    x = torch.randn(2, 3, 6, 6)
+    layer(x)
+    misses = stacked._plan.cache_info().misses
+    y = layer(x)
+    assert stacked._plan.cache_info().misses == misses
+    assert torch.equal(y, layer(x))
+    for shapes in [((4, 1, 3), (1, 2, 3)), ((1,), (5, 1)), ((), (2, 3))]:
+        assert geometry.broadcast_shapes(*shapes) == torch.broadcast_shapes(*shapes)
+    with pytest.raises(RuntimeError):
+        geometry.broadcast_shapes((2, 3), (4, 3))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .geometry import make_geometry
+from .geometry import broadcast_shapes, make_geometry
 from .ir import resolve_op, resolve_reduce
 
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -67,7 +67,7 @@ def prepare(d, input, op, weights, bias, stride, padding, dilation, groups, redu
                              f"(out_channels, in_channels/groups, *kernel)")
         ws[n] = w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
     try:
-        wshape = torch.broadcast_shapes(*(w.shape for w in ws.values()))
+        wshape = broadcast_shapes(*(w.shape for w in ws.values()))
     except RuntimeError:
         raise ValueError("weights do not broadcast together: "
                          + ", ".join(f"{n} {tuple(w.shape)}" for n, w in ws.items())) from None

@@ -9,7 +9,7 @@ import torch
 
 from . import backends, calls, twolevel
 from .backends import stacked
-from .geometry import make_geometry
+from .geometry import broadcast_shapes, make_geometry
 from .plan import plan_for
 from .terms import Term, _Prepared, parse, prepare
 
@@ -83,7 +83,7 @@ def _backend_name(t: Term, how: str, w: dict, p: _Prepared) -> str:
     if how == "direct":
         return calls.prepare_and_select(d, p.x, t.spec, w, None, stride, padding, dilation, groups, t.reduce,
                                         padding_mode, backend, shown=t.spec.source)[-1].name
-    full = (torch.broadcast_shapes(*(v.shape for v in w.values()))[0], p.g.cin_per_group) + p.g.kernel
+    full = (broadcast_shapes(*(v.shape for v in w.values()))[0], p.g.cin_per_group) + p.g.kernel
     gi = make_geometry(d, tuple(p.x.shape), (p.g.in_channels * (full[0] // p.g.groups), 1) + p.g.kernel, stride,
                        padding, dilation, p.g.in_channels, padding_mode)
     return backends.select(backend, backends.Call(t.spec, t.reduce[0], gi, p.x.device, p.x.dtype)).name

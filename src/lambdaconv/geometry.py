@@ -5,6 +5,7 @@ validated before any kernel runs, printable for debugging.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -52,6 +53,21 @@ class Geometry:
     @property
     def padded_size(self) -> tuple:
         return tuple(s + lo + hi for s, (lo, hi) in zip(self.in_size, self.pad))
+
+
+def broadcast_shapes(*shapes) -> torch.Size:
+    """torch.broadcast_shapes, cached for shapes of plain ints: torch's goes through its symbolic-
+    shape reference implementation, ~20 us a call, and a call of a layer with terms needs several.
+    Symbolic sizes (torch.compile) go to torch's."""
+    key = tuple(tuple(s) for s in shapes)
+    if all(type(d) is int for s in key for d in s):
+        return _broadcast(key)
+    return torch.broadcast_shapes(*shapes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _broadcast(key: tuple) -> torch.Size:
+    return torch.broadcast_shapes(*key)
 
 
 def _tuple(v, d: int, name: str) -> tuple:

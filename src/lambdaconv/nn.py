@@ -16,7 +16,7 @@ from torch import nn
 from . import functional as F
 from . import terms
 from .backends import registry
-from .geometry import PADDING_MODES, _tuple
+from .geometry import PADDING_MODES, _tuple, broadcast_shapes
 from .ir import resolve_op, resolve_reduce, with_grad
 from .explain import explain
 
@@ -119,7 +119,7 @@ class _ConvNd(nn.Module):
             return ()
         if isinstance(s, (tuple, list)) and all(isinstance(v, int) for v in s):
             try:
-                torch.broadcast_shapes(tuple(s), full)
+                broadcast_shapes(tuple(s), full)
             except RuntimeError:
                 raise ValueError(f"shape {tuple(s)} does not broadcast to the weight shape {full}") from None
             return tuple(s)

@@ -36,7 +36,7 @@ from . import backends, calls, functional, reductions, twolevel
 from .backends import stacked
 from .backends.composite import compute_dtype
 from .backends.decompose import _compile
-from .geometry import make_geometry, valid_taps
+from .geometry import broadcast_shapes, make_geometry, valid_taps
 from .ir import OpSpec, evaluate, leaves, node, resolve_op, resolve_reduce, weight
 from .ir.parse import _CONSTS, parse_string
 from .ir.spec import PRESETS
@@ -249,7 +249,7 @@ def prepare(d, input, ts: Terms, weights, bias, stride, padding, dilation, group
         w = _weight(n, weights[n], x, d)
         ws[n] = w.reshape((1,) * (d + 2 - w.dim()) + tuple(w.shape))
     try:
-        wshape = torch.broadcast_shapes(*(w.shape for w in ws.values()))
+        wshape = broadcast_shapes(*(w.shape for w in ws.values()))
     except RuntimeError:
         raise ValueError("the terms' weights do not broadcast together: "
                          + ", ".join(f"{n} {tuple(w.shape)}" for n, w in ws.items())) from None
@@ -285,7 +285,7 @@ def _how(t: Term, ws, wshape, x, g, args):
         tw = {ONE: torch.ones((g.groups, 1) + g.kernel, dtype=x.dtype, device=x.device)}
     else:
         tw = {n: ws[n].expand(wshape) for n in t.spec.weight_names}
-    full = (torch.broadcast_shapes(*(w.shape for w in tw.values()))[0], g.cin_per_group) + g.kernel
+    full = (broadcast_shapes(*(w.shape for w in tw.values()))[0], g.cin_per_group) + g.kernel
     if isinstance(t.reduce, tuple):
         twolevel.check(t.spec, t.reduce, d, x, full, g, padding, backend)
         return "two-level", t, tw
@@ -348,7 +348,7 @@ def _run(ts: Terms, p: _Prepared):
         if not isinstance(y, torch.Tensor):  # a constant post
             y = torch.full((), y, dtype=ct, device=x.device)
     shape = (g.batch, G, og) + g.out_size
-    if not isinstance(y, torch.Tensor) or torch.broadcast_shapes(y.shape, shape) != shape:
+    if not isinstance(y, torch.Tensor) or broadcast_shapes(y.shape, shape) != shape:
         raise ValueError(f"post gave {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}, which "
                          f"does not broadcast to the output's (N, groups, out_channels/groups, *out) = {shape}")
     y = y.expand(shape).reshape((g.batch, g.out_channels) + g.out_size)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import backends, calls, reductions, transpose_phases
 from .backends import registry
-from .geometry import Geometry, _tuple
+from .geometry import Geometry, _tuple, broadcast_shapes
 from .ir import resolve_op, resolve_reduce, with_grad
 from .plan import plan_for
 
@@ -128,7 +128,7 @@ def _validate(d, input, op, weights, bias, stride, padding, output_padding, grou
             raise ValueError(f"weight {n!r} has {t.dim()} dims; at most {d + 2} (in_channels, out_channels/groups, "
                              f"*kernel)")
     shapes = [(1,) * (d + 2 - weights[n].dim()) + tuple(weights[n].shape) for n in spec.weight_names]
-    full = tuple(torch.broadcast_shapes(*shapes))
+    full = tuple(broadcast_shapes(*shapes))
     c, og, kernel = full[0], full[1], full[2:]
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import backends, functional, reductions
-from .geometry import Geometry, make_geometry
+from .geometry import Geometry, broadcast_shapes, make_geometry
 from .backends import twolevel_tiled
 from .backends.composite import transform_active
 from .reference import reference_conv
@@ -60,7 +60,7 @@ def fused_triton(reduce: tuple, spec, x, backend: str) -> bool:
 def run(d, x, spec, ws: dict, reduce: tuple, g: Geometry, padding, backend: str) -> torch.Tensor:
     """The term's two-level reduction as (N, groups, O_t / groups, *out) in x's dtype. ws broadcast
     to (O_t, Cg or 1, *k)."""
-    full = torch.broadcast_shapes(*(w.shape for w in ws.values()))
+    full = broadcast_shapes(*(w.shape for w in ws.values()))
     full = (full[0], g.cin_per_group) + tuple(full[2:])
     og = full[0] // g.groups
     gt = Geometry(**{**g.__dict__, "out_channels": full[0]})

@@ -21,11 +21,14 @@ over x plus one over x**2 with a single output channel, not one conv over [x, x*
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 from .. import reductions
-from ..geometry import Geometry, pad_input
+from ..geometry import Geometry, broadcast_shapes, pad_input
 from ..ir.sympy_bridge import separate, value_at_zero
 from .composite import transform_active
 from .decompose import _CONV, _Stack, _compile, _dtypes, _full, _mask, _stack_cfg, _term
@@ -43,8 +46,8 @@ def layout(specs) -> tuple:
 def describe(items, g: Geometry) -> str:
     """One line for explain(): the stacked convs' channels and how much of the wide one's weight is zero."""
     gs, per = layout([spec for spec, _, _ in items])
-    main, narrow, how = _split(items, per, g.groups)
     rows = [_rows(ws, g) for _, _, ws in items]
+    main, narrow, how = _split(rows, per, g.groups)
     wide = [(p, r, shared) for p, r, (conv, shared) in zip(per, rows, how) if conv == "main"]
     used = sum(len({s for s, _ in p[0]} - set(shared)) * r for p, r, shared in wide)
     total = len(main) * sum(r for _, r, _ in wide)
@@ -60,10 +63,10 @@ def describe(items, g: Geometry) -> str:
 
 
 def _rows(ws: dict, g: Geometry) -> int:
-    return torch.broadcast_shapes(*(w.shape for w in ws.values()))[0]
+    return broadcast_shapes(*(w.shape for w in ws.values()))[0]
 
 
-def _split(items, per, G) -> tuple:
+def _split(rows, per, G) -> tuple:
     """(main slots, narrow slots, per item: its conv and its shared slots {slot: h value}).
 
     A term of one row per group (a weight-free term's weight of ones) and the weight-free parts of
@@ -71,8 +74,8 @@ def _split(items, per, G) -> tuple:
     same for every filter: they go to a second, narrow conv (one row per group) when that leaves
     g_i out of the wide one, whose cost is (its slots x in_channels) x out_channels."""
     main, narrow, how = {}, {}, []
-    for (spec, reduce, ws), (hs, _) in zip(items, per):
-        if torch.broadcast_shapes(*(w.shape for w in ws.values()))[0] == G:
+    for o_t, (hs, _) in zip(rows, per):
+        if o_t == G:
             how.append(("narrow", {}))
             for slot, _h in hs:
                 narrow.setdefault(slot, None)
@@ -86,7 +89,7 @@ def _split(items, per, G) -> tuple:
                 main.setdefault(slot, None)
         how.append(("main", shared))
     if not main or set(narrow) <= set(main):  # nothing saved: every term in one conv, as written
-        return tuple(sorted(set(main) | set(narrow))), (), [("main", {}) for _ in items]
+        return tuple(sorted(set(main) | set(narrow))), (), [("main", {}) for _ in rows]
     return tuple(main), tuple(narrow), how
 
 
@@ -100,26 +103,62 @@ def _stack(xin, terms, G, ct, cd):
     return (_Stack.apply if torch.is_grad_enabled() and xin.requires_grad else _Stack.run)(xin, stack, ct, cd)
 
 
-def run(x, items, g: Geometry) -> list:
-    """items: [(spec, reduce, weights)] of separable terms (weights broadcastable to (O_t, Cg, *k));
-    returns each term's reduction as (N, groups, O_t / groups, *out) in the conv dtype."""
-    ct, cd = _dtypes(x)
-    G, Cg, dev = g.groups, g.cin_per_group, x.device
-    gs, per = layout([spec for spec, _, _ in items])
-    terms = tuple(_term(gx) for gx in gs)
+class _Plan(NamedTuple):
+    """What run() does for a call, apart from the weights' values: built once per (terms, weight
+    rows, geometry) under a cache (the IR walks and the layout cost more host time than the conv)."""
+    terms: tuple  # the stack's g_i as decompose._term
+    per: list  # layout()'s per-term [(slot, h_i)], c(w) split
+    native: bool  # the conv pads (symmetric zeros with every g_i(0) == 0, or "ignore")
+    pad_first: bool  # x is padded before the g_i
+    ignore: bool  # "ignore" padding with some padding
+    main_slots: tuple
+    narrow_slots: tuple
+    how: list  # per term: its conv ("main" / "narrow") and its shared slots
+    scale: tuple  # per term: 1 / taps for mean (not under "ignore"), else 1
+    ones_at: dict  # narrow slot -> the index of its row of ones
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(specs: tuple, reduces: tuple, rows: tuple, g: Geometry) -> _Plan:
+    gs, per = layout(specs)
     padded = any(lo or hi for lo, hi in g.pad)
     symmetric = all(lo == hi for lo, hi in g.pad)
     ignore = g.padding_mode == "ignore" and padded
     zero_safe = all(value_at_zero(gx) == 0.0 for gx in gs)
     native = padded and symmetric and (ignore or (g.padding_mode == "zeros" and zero_safe))
-    xin = pad_input(x, g) if padded and not native and not ignore else x
-    main_slots, narrow_slots, how = _split(items, per, G)
-    scale = []  # per term: 1 / taps for mean (not under "ignore", which divides by the valid taps), else 1
+    main_slots, narrow_slots, how = _split(rows, per, g.groups)
+    scale = tuple(1.0 / (g.cin_per_group * g.taps) if reductions.get(r).backward == "count" and not ignore else 1.0
+                  for r in reduces)
+    ones_at = {}
+    for _conv, shared in how:
+        for slot in shared:
+            ones_at.setdefault(slot, len(ones_at))
+    return _Plan(tuple(_term(gx) for gx in gs), per, native, padded and not native and not ignore, ignore,
+                 main_slots, narrow_slots, how, scale, ones_at)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_row(G: int, slots: int, k: int, Cg: int, kernel: tuple, dtype, device) -> torch.Tensor:
+    """(G, 1, slots * Cg, *kernel): ones at slot k's channels (a constant; only ever read: torch.cat copies it)."""
+    with torch.inference_mode(False):  # made under inference_mode, conv could not save it for a later backward
+        H = torch.zeros((G, 1, slots * Cg) + kernel, dtype=dtype, device=device)
+        H[:, :, k * Cg:(k + 1) * Cg] = 1.0
+    return H
+
+
+def run(x, items, g: Geometry) -> list:
+    """items: [(spec, reduce, weights)] of separable terms (weights broadcastable to (O_t, Cg, *k));
+    returns each term's reduction as (N, groups, O_t / groups, *out) in the conv dtype."""
+    ct, cd = _dtypes(x)
+    G, Cg, dev = g.groups, g.cin_per_group, x.device
+    rows_t = tuple(_rows(ws, g) for _, _, ws in items)
+    pl = _plan(tuple(spec for spec, _, _ in items), tuple(r for _, r, _ in items), rows_t, g)
+    terms, how, main_slots, narrow_slots, ignore = pl.terms, pl.how, pl.main_slots, pl.narrow_slots, pl.ignore
+    xin = pad_input(x, g) if pl.pad_first else x
     blocks = {"main": [], "narrow": []}
     consts = []
-    for (spec, reduce, ws), (hs, split), (conv, shared) in zip(items, per, how):
+    for (spec, reduce, ws), (hs, split), (conv, shared), o_t, scale in zip(items, pl.per, how, rows_t, pl.scale):
         w = {n: t if t.dtype == ct else t.to(ct) for n, t in ws.items()}
-        o_t = _rows(ws, g)
         full = (o_t, Cg) + g.kernel
         slots = main_slots if conv == "main" else narrow_slots
         cols = [None] * len(slots)
@@ -129,42 +168,38 @@ def run(x, items, g: Geometry) -> list:
             v = _full(_compile(h)(None, w), full, ct, dev)
             k = slots.index(slot)
             cols[k] = v if cols[k] is None else cols[k] + v
-        mean = reductions.get(reduce).backward == "count"
-        scale.append(1.0 / (Cg * g.taps) if mean and not ignore else 1.0)
-        zero = torch.zeros(full, dtype=ct, device=dev)
-        H = torch.cat([zero if c is None else c for c in cols], 1) * scale[-1]  # T-major as the stack
+        if len(cols) == 1 and cols[0] is not None:
+            H = cols[0] if scale == 1.0 else cols[0] * scale
+        else:
+            zero = torch.zeros(full, dtype=ct, device=dev)
+            H = torch.cat([zero if c is None else c for c in cols], 1) * scale  # T-major as the stack
         blocks[conv].append(H.unflatten(0, (G, o_t // G)))
         cw = None if not split else split[0] * _full(_compile(split[1])(None, w), full, ct, dev)
-        consts.append((cw, mean, o_t // G))
-    ones_at = {}  # narrow slot -> its row of ones (per group) for the wide terms' weight-free parts
-    for conv, shared in how:
-        for slot in shared:
-            if slot not in ones_at:
-                ones_at[slot] = len(ones_at)
-                H = torch.zeros((G, 1, len(narrow_slots) * Cg) + g.kernel, dtype=ct, device=dev)
-                k = narrow_slots.index(slot)
-                H[:, :, k * Cg:(k + 1) * Cg] = 1.0
-                blocks["narrow"].append(H)
+        consts.append((cw, reductions.get(reduce).backward == "count", o_t // G))
+    for slot in pl.ones_at:  # the wide terms' weight-free parts: a row of ones per group in the narrow conv
+        blocks["narrow"].append(_ones_row(G, len(narrow_slots), narrow_slots.index(slot), Cg, g.kernel, ct, dev))
     outs = {}
     for conv, slots in (("main", main_slots), ("narrow", narrow_slots)):
         if not blocks[conv]:
             continue
         S = _stack(xin, tuple(terms[s] for s in slots), G, ct, cd)
-        if ignore and not native:
+        if ignore and not pl.native:
             S = F.pad(S, [v for lh in reversed(g.pad) for v in lh])
-        H = torch.cat(blocks[conv], 1)
+        H = blocks[conv][0] if len(blocks[conv]) == 1 else torch.cat(blocks[conv], 1)
         rows = [b.shape[1] for b in blocks[conv]]
-        y = _CONV[g.dims](S, H.flatten(0, 1).to(cd), None, g.stride, tuple(lo for lo, _ in g.pad) if native else 0,
-                          g.dilation, G)
-        outs[conv] = list(y.unflatten(1, (G, sum(rows))).split(rows, 2))
-    ones_rows = outs["narrow"][len(outs["narrow"]) - len(ones_at):] if ones_at else []
+        H = H.flatten(0, 1)
+        y = _CONV[g.dims](S, H if H.dtype == cd else H.to(cd), None, g.stride,
+                          tuple(lo for lo, _ in g.pad) if pl.native else 0, g.dilation, G)
+        y = y.unflatten(1, (G, sum(rows)))
+        outs[conv] = [y] if len(rows) == 1 else list(y.split(rows, 2))
+    ones_rows = outs["narrow"][len(outs["narrow"]) - len(pl.ones_at):] if pl.ones_at else []
     mask = _mask(g, dev, ct) if ignore else None
     result, taken = [], {"main": 0, "narrow": 0}
     for i, ((conv, shared), (cw, mean, o)) in enumerate(zip(how, consts)):
         y_t = outs[conv][taken[conv]]
         taken[conv] += 1
         for slot, value in shared.items():  # the same for every filter of the group: broadcast over them
-            y_t = y_t + (value * scale[i]) * ones_rows[ones_at[slot]]
+            y_t = y_t + (value * pl.scale[i]) * ones_rows[pl.ones_at[slot]]
         if ignore:
             y_t = _ignore(y_t.to(ct), cw, mean, mask, g, o)
         elif cw is not None:

@@ -5,6 +5,7 @@ import torch
 
 from .expr import Expr, topo_order
 from .ops import OPS
+from ..geometry import broadcast_shapes
 
 
 def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None):
@@ -62,7 +63,7 @@ def _apply(n: Expr, args: list, arena, dtype, device):
     spec = OPS[n.op]
     if arena is None or not spec.takes_out:
         return spec.torch(*args)
-    shape = torch.broadcast_shapes(*(a.shape for a in args))
+    shape = broadcast_shapes(*(a.shape for a in args))
     buf = arena.get((n, shape))
     if buf is None:
         buf = arena[(n, shape)] = torch.empty(shape, dtype=torch.bool if spec.boolean else dtype, device=device)
