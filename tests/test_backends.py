@@ -96,3 +96,22 @@ def test_many_small_tiles(small_tiles, geom, op, reduce):
 def test_no_bias_and_unbatched_input():
     x, ws, _ = make_inputs(2, 1, 3, (5, 5), {"weight": (4, 3, 3, 3)}, bias=False)
     _check_all(2, x[0].detach().requires_grad_(), "adder", ws, None, padding=1)
+
+
+def test_no_grad_runs_the_backend_on_detached_inputs():
+    """Under no_grad a module's parameters still require grad, and an autograd Function would see
+    needs_input_grad (max / min would save winners for a backward that never runs): run_direct
+    hands the backend detached inputs then, and the tensors as they are otherwise."""
+    from lambdaconv import calls
+    seen = []
+
+    class Recorder:
+        def run(self, x, bias, ws, call):
+            seen.append([t.requires_grad for t in (x, bias, *ws.values())])
+            return x
+
+    x, b, w = (torch.randn(3, requires_grad=True) for _ in range(3))
+    with torch.no_grad():
+        calls.run_direct(Recorder(), x, b, {"w": w}, None, None)
+    calls.run_direct(Recorder(), x, b, {"w": w}, None, None)
+    assert seen == [[False] * 3, [True] * 3]

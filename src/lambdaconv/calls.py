@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from .backends.composite import transform_active
 from .geometry import broadcast_shapes, make_geometry
 from .ir import resolve_op, resolve_reduce
 
@@ -176,7 +177,15 @@ class _Null:
 
 def run_direct(b, x, bias, ws: dict, call, select):
     """Eager direct path: autocast casts, then the backend with autocast off. `select` re-picks the
-    backend when the cast changed the dtype (a backend may support one dtype and not another)."""
+    backend when the cast changed the dtype (a backend may support one dtype and not another).
+    Under no_grad the inputs go in detached: an autograd Function still sees needs_input_grad for a
+    tensor that requires grad (a module's parameters at inference), and max / min would save their
+    winning taps for a backward that never runs (the Gluon forward saving winners ran at 0.39-0.43 ms
+    against 0.170 ms without, H100, N16 C64 O64 56x56)."""
+    if not torch.is_grad_enabled() and not transform_active():
+        x = x.detach()
+        bias = None if bias is None else bias.detach()
+        ws = {n: w.detach() for n, w in ws.items()}
     dev = x.device.type
     if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev):
         # autocast is off for x's device: nothing to cast, nothing to turn off (entering
