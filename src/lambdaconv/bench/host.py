@@ -8,7 +8,7 @@ constant by one baddbmm) and the hand rewrite conv(x, A) - sum(A*B); --direct ad
 max-plus. fwd under no_grad, fwd+bwd = autograd.grad of input, weights and bias; float32 and
 bfloat16 autocast. Times in the table are ms per call (1e-3 ms = 1 us).
 
-    python -m lambdaconv.bench host [--device cuda] [--direct] [--count-ops] [--profile "lc offset"]
+    python -m lambdaconv.bench host [--device cuda] [--direct] [--terms] [--count-ops] [--profile "lc offset"]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from . import study, timing
 from .decompose import hand_offset, plain_offset
 
 
-def layers(device, direct: bool) -> dict:
+def layers(device, direct: bool, terms: bool = False) -> dict:
     """name -> (fn of x, the leaves its gradient is taken of besides x)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(2, 2, 3, padding=1).to(device)
@@ -44,16 +44,21 @@ def layers(device, direct: bool) -> dict:
         for name, op in (("lc adder", "adder"), ("lc max-plus", "dilation")):
             layer = lc.Conv2d(2, 2, 3, padding=1, op=op).to(device)
             out[name] = (layer, list(layer.parameters()))
+    if terms:  # the layers study's terms-and-epilogue layers (Kervolution, SCS) at this size
+        from .layers import LAYERS
+        for name in ("kerv-poly", "kerv-gauss", "scs"):
+            layer = LAYERS[name][0](2, 2, 3).to(device)
+            out["lc " + name] = (layer, list(layer.parameters()))
     return out
 
 
-def steps(device, direct: bool) -> dict:
+def steps(device, direct: bool, terms: bool = False) -> dict:
     """(dtype label, layer, mode) -> step."""
     x = torch.randn(1, 2, 4, 4, device=device, requires_grad=True)
     gy = torch.randn(1, 2, 4, 4, device=device)
     out = {}
     for label, amp in (("float32", False), ("bf16 autocast", True)):
-        for name, (f, params) in layers(device, direct).items():
+        for name, (f, params) in layers(device, direct, terms).items():
             leaves = [x] + params
 
             def step(f=f, leaves=leaves, amp=amp):
@@ -82,13 +87,14 @@ def aten_ops(fn) -> int:
 def main(argv=None) -> list:
     p = study.parser("host", __doc__)
     p.add_argument("--direct", action="store_true", help="also the direct ops adder and max-plus")
+    p.add_argument("--terms", action="store_true", help="also Kervolution and SCS (op dicts with post=)")
     p.add_argument("--count-ops", action="store_true", help="aten ops per call (torch.profiler) in the note")
     p.add_argument("--profile", metavar="LAYER", help="print a cProfile of 200 float32 fwd+bwd calls of LAYER")
     args = p.parse_args(argv)
     args.threads = args.threads or 1
     device = study.setup(args)
     args.rounds = args.rounds or 200
-    fns = steps(device, args.direct)
+    fns = steps(device, args.direct, args.terms)
     by = {k: {"op": "Conv2d(2, 2, 3, padding=1)", "shape": "N1C2O2H4k3", "mode": k[2], "method": k[1], "dtype": k[0]} for k in fns}
     times, errors = timing.interleaved(fns, args.rounds, device, warmup=50)
     study.timed(by, times, errors)
