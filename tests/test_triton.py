@@ -222,6 +222,13 @@ else:
     def test_two_level_fused_kernels_geometries(geo):
         _check_two_level("x + W", ("max", "sum"), geo)
 
+    def test_two_level_fused_backward_sums_over_chunks_of_row_tiles():
+        """288 rows in 16-row tiles: the backward's programs take 9 tiles each (2 chunks), their
+        weight-gradient sums carried over the tiles of a chunk before one atomic add."""
+        from lambdaconv.backends.triton import twolevel_kernel
+        assert twolevel_kernel.chunk_tiles(18, 1, 4, 1) == 9
+        _check_two_level("-abs(x-W)", ("max", "sum"), (2, 12, 3, 1, 1, 1, 1, "zeros"))
+
     def test_two_level_fused_kernels_ties_go_to_the_first_winner():
         """A constant input with W = 0: every tap ties; the gradient goes to the first winner, as the
         definition's torch.max."""

@@ -28,7 +28,8 @@ def _compile(fn, consts: dict, num_warps: int, dtype: str = "fp32", maxnreg=None
     """(SASS text, resource usage) of fn compiled for sm_90, every non-constexpr pointer of `dtype`."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 
     sig = {}
     for name in fn.arg_names:
@@ -40,8 +41,11 @@ def _compile(fn, consts: dict, num_warps: int, dtype: str = "fp32", maxnreg=None
                 sig[name] = "*i32"
         else:
             sig[name] = "i32"
+    for name in ("gy_ptr",):  # the two-level backward's upstream gradient (fp32 here)
+        if name in sig:
+            sig[name] = "*fp32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
-    src = GluonASTSource(fn, sig, consts, attrs)
+    src = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(fn, sig, consts, attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "maxnreg": maxnreg})
     cubin = k.asm["cubin"]
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
@@ -129,6 +133,21 @@ def kernel(a) -> list:
         sass = _compile(mod._bwd_x_gluon, g, cfg[7] * cfg[8])
         # one loop iteration: an out-channel block of BLOCK_K, the kernel's taps unrolled (static_range)
         return report(f"input gradient {a.op}", sass, cfg[3] * bk * cfg[4] * g["KH"] * g["KW"] * g["KD"], a.dump)
+    if a.kernel in ("fwd2", "bwd2"):  # the two-level (max / min, sum) kernels, portable triton
+        from ..backends.triton import twolevel_kernel
+        inner = a.reduce or "max"
+        mod = load(twolevel_kernel.source(spec, inner, tuple(True for _ in spec.weight_names)), False)
+        bm, bn, nw = map(int, a.block.split(","))
+        g.update(OUTER_MEAN=False, BLOCK_M=bm, BLOCK_N=bn)  # padded by torch: every tap inside
+        if a.kernel == "fwd2":
+            sass = _compile(mod._fwd2, g, nw, maxnreg=a.maxnreg)
+        else:
+            g.update(NEED_X=True, T_P=16)
+            sass = _compile(mod._bwd2, g, nw, maxnreg=a.maxnreg)
+        # one iteration: a channel's 9 taps unrolled (forward), a row tile's 9 taps twice (backward:
+        # winners, then partials) of the BLOCK_M x BLOCK_N tile
+        taps = bm * bn // (32 * nw) * g["KH"] * g["KW"] * (1 if a.kernel == "fwd2" else 2)
+        return report(f"two-level ({inner}, sum) {a.kernel} {a.op} {bm}x{bn}, {nw} warps", sass, taps, a.dump)
     mod = load(gluon_bwd.source_w(spec, tuple(True for _ in spec.weight_names)), False)
     to, tc = map(int, a.tile.split(","))
     wo, wc = map(int, a.warps.split(","))
@@ -143,7 +162,8 @@ def main(argv=None) -> list:
     p = study.parser("sass", __doc__)
     p.add_argument("--op", default="adder")
     p.add_argument("--reduce", default=None)
-    p.add_argument("--kernel", choices=["fwd", "gx", "gw"], default="gw")
+    p.add_argument("--kernel", choices=["fwd", "gx", "gw", "fwd2", "bwd2"], default="gw",
+                   help="fwd2 / bwd2: the two-level (max / min, sum) kernels (--reduce: the inner one)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--dump", action="store_true", help="print each loop's SASS")
     p.add_argument("--config", type=int, default=0, help="index into gluon.CONFIGS (fwd)")
@@ -151,6 +171,7 @@ def main(argv=None) -> list:
     p.add_argument("--u", type=int, default=None, help="row blocks per iteration (gw; default the kernel's)")
     p.add_argument("--warps", default="4,2", help="warps along O,C (gw)")
     p.add_argument("--tile", default="4,8", help="partial sums per thread along O,C (gw)")
+    p.add_argument("--block", default="64,32,4", help="BLOCK_M,BLOCK_N,warps (fwd2, bwd2)")
     p.add_argument("--maxnreg", type=int, default=None)
     p.add_argument("--save-aux", action="store_true", help="fwd: max / min saving their winners (training)")
     a = p.parse_args(argv)

@@ -81,13 +81,15 @@ FWD_ROWS = '''\
     x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
     w_base = g * (CG * T * OG) + offs_o
 '''
-FWD_TAP = '''\
+TAP_POS = '''\
         kd = t // (KH * KW)
         kh = (t // KW) % KH
         kw = t % KW
         id_ = od * SD + kd * DD - PD
         ih = oh * SH + kh * DH - PH
         iw = ow * SW + kw * DW - PW
+'''  # tap t's input position for the rows (od, oh, ow)
+FWD_TAP = TAP_POS + '''\
         ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
         okf = tl.where(ok, 1.0, 0.0)
 '''

@@ -5,13 +5,16 @@ op(x, w). The depthwise route (lambdaconv/twolevel.py) writes the per-channel va
 winners, in_channels/groups times the output, and its backward sends each of them to its winner by
 atomic adds that collide on the weights (N x O x P x C adds onto O x C x T addresses). Here:
 
-- `_fwd2` keeps the inner value of one channel in registers (channels outer, taps inner) and adds
-  it into the outer sum: nothing per channel is stored.
-- `_bwd2` recomputes each channel's winners in registers (a first pass over its taps, first winner
-  as torch's max, NaN winning), then, per tap, reduces the winners' terms over the tile before one
-  atomic add: the weight gradient over the tile's rows (one add per out channel and tap), the input
-  gradient over its out channels (one per row and tap). The taps are evaluated twice, the forward's
-  work once more; memory: the inputs, the outputs and the gradients only.
+- `_fwd2` keeps the inner value of one channel in registers (channels outer, taps inner, unrolled)
+  and adds it into the outer sum: nothing per channel is stored.
+- `_bwd2` (one program per channel, out-channel block and chunk of rows) recomputes the channel's
+  winners in registers (first winner as torch's max, NaN winning), then per tap reduces the
+  winners' terms over the tile: the input gradient's over its out channels (one atomic add per row
+  and tap), the weight gradient's over the rows, summed over the chunk before one atomic add per
+  out channel and tap. The taps are evaluated twice, the forward's work once more; memory: the
+  inputs, the outputs and the gradients only.
+- Every mode but "ignore" comes padded by torch, so the loads need no masks and a tap's load is
+  the channel's pointer plus a constant (`sass --kernel fwd2|bwd2` counts the loops).
 
 Outer mean divides by the channels per group. Gradients under create_graph=True come from the
 definition (reference_conv), as the tiled two-level path does.
@@ -34,19 +37,50 @@ from .codegen import PRELUDE, Unprintable, emit, fill, lines
 INNER = {"max": (">", "-inf", "maximum"), "min": ("<", "inf", "minimum")}  # cmp, identity, tl function
 OUTER = ("sum", "mean")
 
+# The rows of a tile: tail rows re-read the last row (never stored, their gy is 0 in the
+# backward), out channels past the end re-read the last one, so loads need no masks where the
+# input is padded already (every tap inside): a tap's load is then the channel's pointer plus a
+# constant, and its 9 loads per channel take immediate offsets.
+_ROWS = """\
+    m_ok = offs_m < n_rows
+    o_ok = offs_o < OG
+    mr = tl.minimum(offs_m, n_rows - 1)
+    n = mr // P
+    p = mr % P
+    od = p // (OH * OW)
+    oh = (p // OW) % OH
+    ow = p % OW
+    x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
+    oc = offs_o
+    if OG % BLOCK_N != 0:  # a clamp only where needed: it hides the columns' contiguity (vector loads)
+        oc = tl.minimum(offs_o, OG - 1)
+    w_base = g * (CG * T * OG) + oc
+    y_off = n.to(tl.int64)[:, None] * (O * P) + (g * OG + offs_o)[None, :] * P + p[:, None]
+    mask = m_ok[:, None] & o_ok[None, :]"""
 _PROLOGUE = """\
     T: tl.constexpr = KD * KH * KW
     P: tl.constexpr = OD * OH * OW
     S: tl.constexpr = ID * IH * IW
-""" + T.FWD_ROWS + """\
-    y_off = n.to(tl.int64)[:, None] * (O * P) + (g * OG + offs_o)[None, :] * P + p[:, None]
-    mask = m_ok[:, None] & o_ok[None, :]"""
+    pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+""" + _ROWS
 
-# one tap t of channel c (inside the channel loop): the forward's index math, the input value, the weights
-_TAP = indent(T.FWD_TAP, "    ") + """\
+# one tap t of channel c: its position, whether it is inside the input (only where the kernel
+# pads: "ignore"; other modes come padded by torch), the input value, the weights
+_TAP = indent(T.TAP_POS, "    ") + """\
+            if IGNORE:
+                ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+            else:
+                ok = m_ok
+            okf = tl.where(ok, 1.0, 0.0)
             x_off = x_base + (id_ * (IH * IW) + ih * IW + iw) + _wide(c, I64) * S
-            xv = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(CT)[:, None]
+            if IGNORE:
+                xv = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(CT)[:, None]
+            else:
+                xv = tl.load(x_ptr + x_off).to(CT)[:, None]
 $W_LOADS"""
+W_LOAD = "            w_{i} = tl.load(w{i}_ptr + w_base + (_wide(c, I64) * T + t) * OG).to(CT)[None, :]"
 
 # the op at tap t of channel c; under "ignore" a tap on the padding holds the inner identity
 _VALUE = """\
@@ -56,6 +90,27 @@ $OP_CODE
             if IGNORE:
                 v = tl.where(okf[:, None] != 0.0, v, float('$IDENTITY'))
 """
+
+WIN = """\
+            better = (v $CMP best) | ((v != v) & (best == best)) | ((win < 0) & (okf[:, None] != 0.0))
+            best = tl.where(better, v, best)
+            win = tl.where(better, t, win)"""
+GRAD = """\
+$TAP
+$D_CODE
+            hit = (win == t) & mask
+$ATOMICS"""
+
+
+def _tap_loop(body: str) -> str:
+    """The loop over a channel's taps t (body written at 12 spaces, the loop at 8): unrolled where
+    T <= 32, so that each tap's offsets and masks are constants of the channel loop, computed once
+    per row tile and not per channel (the rolled loop redid them: 14.7 instructions per tap in the
+    forward, 2 of them the op's)."""
+    b = indent(body.rstrip("\n"), "    ")
+    return ("        if T <= 32:\n            for t in tl.static_range(T):\n" + b
+            + "\n        else:\n            for t in range(T):\n" + b)
+
 
 FORWARD2 = '''
 
@@ -74,14 +129,17 @@ $PROLOGUE
     res = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for c in range(CG):
         inner = tl.full([BLOCK_M, BLOCK_N], float('$IDENTITY'), tl.float32)
-        for t in range(T):
-''' + _VALUE + '''            inner = tl.$PICK(inner, v, propagate_nan=tl.PropagateNan.ALL)
+$FWD_TAPS
         res += inner
     if OUTER_MEAN:
         res = res / CG
     tl.store(y_ptr + y_off, res.to(y_ptr.dtype.element_ty), mask=mask)
 '''
 
+# The backward: a program takes one channel c of one group, an out-channel block and a chunk of
+# rows (row tiles in a loop), so its weight-gradient sums stay in registers over the chunk: one
+# atomic add per (program, out channel, tap) instead of one per row tile (29M adds onto the 37k
+# weights at N16 C64 O64 56x56 with one tile per program, 784 per address).
 BACKWARD2 = '''
 
 @triton.jit
@@ -92,37 +150,48 @@ $W_ARGS
     gx_ptr,  # fp32 (N, C, ID, IH, IW) zeroed: gradient of the input, accumulated (read if NEED_X)
 $GW_ARGS
     n_rows,  # N * OD * OH * OW
+    chunk,  # rows per program (a multiple of BLOCK_M)
 $GEOMETRY
     OUTER_MEAN: tl.constexpr, NEED_X: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    T_P: tl.constexpr,  # the taps T rounded up to a power of two (the weight-gradient sums' rows)
 ):
     CT: tl.constexpr = tl.float32
-$PROLOGUE
-    gy = tl.load(gy_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
-    if OUTER_MEAN:
-        gy = gy / CG
-    for c in range(CG):
+    T: tl.constexpr = KD * KH * KW
+    P: tl.constexpr = OD * OH * OW
+    S: tl.constexpr = ID * IH * IW
+    pid_r, pid_n, gc = _pid3(tl.cdiv(n_rows, chunk), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
+    g = gc // CG
+    c = gc % CG
+    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = offs_o < OG
+    tt = tl.arange(0, T_P)[:, None]  # [T_P, 1]: the tap of each weight-gradient row
+$GW_INIT
+    r_end = tl.minimum(_wide(pid_r, I64) * chunk + chunk, n_rows)
+    for m0 in range(_wide(pid_r, I64) * chunk, r_end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+$ROWS
+        gy = tl.load(gy_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+        if OUTER_MEAN:
+            gy = gy / CG
         # the channel's winners: the first tap reaching its max / min (NaN wins), -1 where none
         best = tl.full([BLOCK_M, BLOCK_N], float('$IDENTITY'), tl.float32)
         win = tl.full([BLOCK_M, BLOCK_N], -1, tl.int32)
-        for t in range(T):
-''' + _VALUE + '''            better = (v $CMP best) | ((v != v) & (best == best)) | ((win < 0) & (okf[:, None] != 0.0))
-            best = tl.where(better, v, best)
-            win = tl.where(better, t, win)
-        # each tap's winners' terms, reduced over the tile before one atomic add per row / out channel
-        for t in range(T):
-$TAP
-$D_CODE
-            hit = (win == t) & mask
-$ATOMICS
+$WIN_TAPS
+        # each tap's winners' terms: the input's reduced over the out channels (one atomic add per
+        # row), the weights' over the rows, kept in the sums until the chunk ends
+$GRAD_TAPS
+$GW_STORE
 '''
 
 W_ARG = "    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)"
 GW_ARG = "    gw{i}_ptr,  # fp32 (O, CG * T) zeroed: gradient of weight {name!r}, accumulated"
 ATOMIC_X = ("            if NEED_X:\n"
             "                tl.atomic_add(gx_ptr + x_off, tl.sum(tl.where(hit, gy * ({out}), 0.0), axis=1), mask=ok)")
-ATOMIC_W = ("            tl.atomic_add(gw{i}_ptr + (g * OG + offs_o) * (CG * T) + c * T + t,\n"
-            "                          tl.sum(tl.where(hit, gy * ({out}), 0.0), axis=0), mask=o_ok)")
+SUM_W = ("            gw_{i} += tl.where(tt == t, tl.sum(tl.where(hit, gy * ({out}), 0.0), axis=0)[None, :], 0.0)")
+GW_INIT = "    gw_{i} = tl.zeros([T_P, BLOCK_N], tl.float32)"
+GW_STORE = ("    tl.atomic_add(gw{i}_ptr + (g * OG + offs_o)[None, :] * (CG * T) + c * T + tt, gw_{i},\n"
+            "                  mask=(tt < T) & o_ok[None, :])")
 
 
 def applies(reduce: tuple) -> bool:
@@ -138,15 +207,19 @@ def source(spec, inner: str, need_w: tuple) -> str:
     parts = spec.partials()
     wanted = [parts[0]] + [pt for pt, k in zip(parts[1:], need_w) if k]
     dcode, douts = emit(wanted, "xv", wv, 12, prefix="_d")
-    hooks = dict(GEOMETRY=T.GEOMETRY.rstrip("\n"), PROLOGUE=_PROLOGUE, W_ARGS=lines(W_ARG, names),
-                 TAP=fill(_TAP, W_LOADS=lines(T.W_LOAD_FWD, names)), OP_CODE=code, OP_OUT=out, IDENTITY=ident)
+    hooks = dict(GEOMETRY=T.GEOMETRY.rstrip("\n"), PROLOGUE=_PROLOGUE, ROWS=indent(_ROWS, "    "), W_ARGS=lines(W_ARG, names),
+                 TAP=fill(_TAP, W_LOADS=lines(W_LOAD, names)), OP_CODE=code, OP_OUT=out, IDENTITY=ident)
     atomics = [ATOMIC_X.format(out=douts[0])]
-    atomics += [ATOMIC_W.format(i=i, out=o) for i, o in enumerate(douts[1:])]
+    atomics += [SUM_W.format(i=i, out=o) for i, o in enumerate(douts[1:])]
     gw_names = [n for n, k in zip(names, need_w) if k]
+    value = fill(_VALUE, **{k: hooks[k] for k in ("TAP", "OP_CODE", "OP_OUT", "IDENTITY")}).rstrip("\n")
+    fwd_taps = _tap_loop(value + f"\n            inner = tl.{pick}(inner, v, propagate_nan=tl.PropagateNan.ALL)")
+    win_taps = _tap_loop(value + "\n" + fill(WIN, CMP=cmp))
+    grad_taps = _tap_loop(fill(GRAD, TAP=hooks["TAP"], D_CODE=dcode, ATOMICS="\n".join(atomics)))
+    bwd = dict(hooks, WIN_TAPS=win_taps, GRAD_TAPS=grad_taps, GW_ARGS=lines(GW_ARG, gw_names),
+               GW_INIT=lines(GW_INIT, gw_names), GW_STORE=lines(GW_STORE, gw_names))
     return "\n".join([fill(T.HEADER, OP=str(spec.expr).replace("\n", " "), REDUCE=f"({inner}, outer)"), PRELUDE,
-                      fill(FORWARD2, PICK=pick, **hooks),
-                      fill(BACKWARD2, CMP=cmp, D_CODE=dcode, ATOMICS="\n".join(atomics),
-                           GW_ARGS=lines(GW_ARG, gw_names), **hooks)])
+                      fill(FORWARD2, FWD_TAPS=fwd_taps, **hooks), fill(BACKWARD2, **bwd)])
 
 
 _MODULES: dict = {}
@@ -164,12 +237,38 @@ def module(spec, inner: str, need_w: tuple, interp: bool):
     return _MODULES[key]
 
 
+# (BLOCK_M, BLOCK_N, warps), by the instructions per tap `sass --kernel fwd2|bwd2 --block` counts
+# (not timed on a GPU yet): forward 3.69 at 32 x 32 with 4 warps (128 registers); backward 13.0 per
+# tap and pass at 64 x 16 with 2 warps (153 registers; its per-tap tile sums cost the most)
+FWD_BLOCK, BWD_BLOCK, INTERP_BLOCK = (32, 32, 4), (64, 16, 2), (16, 16, 1)
+
+
 def _launch(fn, args, k, g: Geometry, interp: bool, **kw) -> None:
-    bm, bn, warps = (16, 16, 1) if interp else (64, 32, 4)
+    bm, bn, warps = INTERP_BLOCK if interp else FWD_BLOCK
     bn = min(bn, max(1, 1 << max(0, (g.cout_per_group - 1).bit_length())))
     rows = g.batch * g.positions
     grid = tuning.fold((triton_cdiv(rows, bm), triton_cdiv(g.cout_per_group, bn), g.groups), k["FOLD"])
     fn[grid](*args, rows, **k, **kw, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+
+
+def chunk_tiles(tiles: int, o_blocks: int, chans: int, sms: int) -> int:
+    """Row tiles per backward program: as many as leave about 8 programs per SM, 1 to 64."""
+    return max(1, min(64, tiles * o_blocks * chans // (8 * sms)))
+
+
+def _launch_bwd(fn, args, k, g: Geometry, interp: bool, device, **kw) -> None:
+    """The backward's grid: (row chunks, out-channel blocks, groups x channels per group), each
+    program R row tiles long, R as large as keeps about 8 programs per SM (at most 64 tiles)."""
+    bm, bn, warps = INTERP_BLOCK if interp else BWD_BLOCK
+    bn = min(bn, max(1, 1 << max(0, (g.cout_per_group - 1).bit_length())))
+    rows = g.batch * g.positions
+    tiles, nob, chans = triton_cdiv(rows, bm), triton_cdiv(g.cout_per_group, bn), g.groups * g.cin_per_group
+    sms = 1 if interp else tuning.sm_count(device)  # interpreted (tests): chunks of several tiles
+    r = chunk_tiles(tiles, nob, chans, sms)
+    fold = k["FOLD"] or chans > 65535 or nob > 65535
+    grid = tuning.fold((triton_cdiv(rows, r * bm), nob, chans), fold)
+    fn[grid](*args, rows, r * bm, **dict(k, FOLD=fold), **kw, BLOCK_M=bm, BLOCK_N=bn,
+             T_P=1 << max(0, (g.taps - 1).bit_length()), num_warps=warps)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -178,9 +277,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def _prepare(g: Geometry, wts) -> tuple:
     """(interpreting, padding in the kernel, constexprs, full weight shape, weights in the forward
-    layout (G, CG * T, OG)): zeros / ignore padding by masked loads, other modes padded by torch."""
+    layout (G, CG * T, OG)): ignore padding by masked loads, other modes padded by torch (the
+    kernels' loads then need no masks)."""
     from .function import _FWD_LAYOUT, _layout_view, _w_layout, consts
-    in_pad = g.padding_mode in ("zeros", "ignore")
+    in_pad = g.padding_mode == "ignore"
     full = (g.out_channels, g.cin_per_group) + g.kernel
     view = _layout_view(g, _FWD_LAYOUT)
     return (interpreting(), in_pad, consts(g, in_pad), full,
@@ -222,8 +322,8 @@ class TwoLevelTriton(torch.autograd.Function):
               for need in need_w if need]
         mod = module(spec, reduce[0], need_w, interp)
         if g.batch * g.positions:
-            _launch(mod._bwd2, (xkc, *wf, gy.contiguous(), gx, *gw), k, g, interp, OUTER_MEAN=reduce[1] == "mean",
-                    NEED_X=bool(need_x))
+            _launch_bwd(mod._bwd2, (xkc, *wf, gy.contiguous(), gx, *gw), k, g, interp, x.device,
+                        OUTER_MEAN=reduce[1] == "mean", NEED_X=bool(need_x))
         out_x = None
         if need_x:
             out_x = (gx if in_pad else torch.autograd.grad(xk, xr, gx.to(xk.dtype))[0]).to(x.dtype)
