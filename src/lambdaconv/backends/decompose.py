@@ -39,6 +39,8 @@ in runner(call), which functional.convnd keeps.
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import operator
 from collections import namedtuple
@@ -63,6 +65,7 @@ _PY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": ope
 _OUT_OPS = ("pow", "mul", "exp", "sin", "cos")  # single-op g_i written straight into the stack (out=)
 
 
+@functools.lru_cache(maxsize=1024)  # Exprs are interned: identity is equality; the IR walk once per expression
 def _compile(e):
     """(x, weights) -> value of e in torch ops, like ir.evaluate, with constants as Python floats:
     no tensor is created per call (on CUDA each would be a host-to-device copy) and a Python scalar
