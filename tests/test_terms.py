@@ -337,7 +337,7 @@ def test_host_work_is_planned_once_per_layout():
     y = layer(x)
     assert stacked._plan.cache_info().misses == misses
     assert torch.equal(y, layer(x))
-    for shapes in [((4, 1, 3), (1, 2, 3)), ((1,), (5, 1)), ((), (2, 3))]:
+    for shapes in [((4, 1, 3), (1, 2, 3)), ((1,), (5, 1)), ((), (2, 3)), (3, (2, 1))]:
         assert geometry.broadcast_shapes(*shapes) == torch.broadcast_shapes(*shapes)
     with pytest.raises(RuntimeError):
         geometry.broadcast_shapes((2, 3), (4, 3))

@@ -197,9 +197,9 @@ else:
     from test_two_level import GEO, GEOMETRIES, OPS, _inputs  # noqa: E402
     from unfold_definition import definition  # noqa: E402
 
-    def _check_two_level(op, pair, geo, tol=1e-5):
+    def _check_two_level(op, pair, geo, tol=1e-5, **sizes):
         from lambdaconv import twolevel
-        d, x, w, b, kw = _inputs(geo)
+        d, x, w, b, kw = _inputs(geo, **sizes)
         leaves_r = [t.clone().requires_grad_() for t in (x, w, b)]
         ref = definition(leaves_r[0], {"W": leaves_r[1]}, {"y": OPS[op]}, pair, None, (), leaves_r[2], **kw)
         leaves = [t.float().requires_grad_() for t in (x, w, b)]
@@ -228,6 +228,14 @@ else:
         from lambdaconv.backends.triton import twolevel_kernel
         assert twolevel_kernel.chunk_tiles(18, 1, 4, 1) == 9
         _check_two_level("-abs(x-W)", ("max", "sum"), (2, 12, 3, 1, 1, 1, 1, "zeros"))
+
+    @pytest.mark.parametrize("geo,o", [((2, 6, 3, 1, 1, 1, 1, "zeros"), 5), ((1, 40, 33, 1, 16, 1, 1, "zeros"), 3),
+                                       ((3, 4, 3, 1, 1, 1, 1, "reflect"), 20)],
+                             ids=["5-filters", "33-taps-rolled", "3d-20-filters"])
+    def test_two_level_fused_kernels_odd_sizes(geo, o):
+        """Out channels that do not fill the tile (the weights' clamped columns) and more than 32
+        taps (the tap loop not unrolled)."""
+        _check_two_level("-abs(x-W)", ("min", "mean"), geo, o=o)
 
     def test_two_level_fused_kernels_ties_go_to_the_first_winner():
         """A constant input with W = 0: every tap ties; the gradient goes to the first winner, as the

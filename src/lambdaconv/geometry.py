@@ -59,7 +59,7 @@ def broadcast_shapes(*shapes) -> torch.Size:
     """torch.broadcast_shapes, cached for shapes of plain ints: torch's goes through its symbolic-
     shape reference implementation, ~20 us a call, and a call of a layer with terms needs several.
     Symbolic sizes (torch.compile) go to torch's."""
-    key = tuple(tuple(s) for s in shapes)
+    key = tuple((s,) if isinstance(s, int) else tuple(s) for s in shapes)
     if all(type(d) is int for s in key for d in s):
         return _broadcast(key)
     return torch.broadcast_shapes(*shapes)

@@ -137,12 +137,21 @@ def _plan(specs: tuple, reduces: tuple, rows: tuple, g: Geometry) -> _Plan:
                  main_slots, narrow_slots, how, scale, ones_at)
 
 
-@functools.lru_cache(maxsize=64)
+_ONES: dict = {}  # never evicted: a CUDA graph captured with one of these keeps reading it
+
+
 def _ones_row(G: int, slots: int, k: int, Cg: int, kernel: tuple, dtype, device) -> torch.Tensor:
-    """(G, 1, slots * Cg, *kernel): ones at slot k's channels (a constant; only ever read: torch.cat copies it)."""
-    with torch.inference_mode(False):  # made under inference_mode, conv could not save it for a later backward
-        H = torch.zeros((G, 1, slots * Cg) + kernel, dtype=dtype, device=device)
-        H[:, :, k * Cg:(k + 1) * Cg] = 1.0
+    """(G, 1, slots * Cg, *kernel): ones at slot k's channels, a constant only ever read, made once
+    per layout (a few elements each). Not cached while a CUDA graph is being captured: its fill
+    would only be recorded, and later eager calls would read memory never written."""
+    key = (G, slots, k, Cg, kernel, dtype, device)
+    H = _ONES.get(key)
+    if H is None:
+        with torch.inference_mode(False):  # made under inference_mode, conv could not save it for a backward
+            H = torch.zeros((G, 1, slots * Cg) + kernel, dtype=dtype, device=device)
+            H[:, :, k * Cg:(k + 1) * Cg] = 1.0
+        if not (H.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _ONES[key] = H
     return H
 
 

@@ -98,7 +98,7 @@ WIN = """\
 GRAD = """\
 $TAP
 $D_CODE
-            hit = (win == t) & mask
+            hit = (win == t) & in_tile
 $ATOMICS"""
 
 
@@ -172,6 +172,8 @@ $GW_INIT
         offs_m = m0 + tl.arange(0, BLOCK_M)
 $ROWS
         gy = tl.load(gy_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+        # the tile's valid outputs as a 2-d comparison of floats, not a broadcast boolean (templates.py)
+        in_tile = (tl.where(m_ok, 1.0, 0.0)[:, None] * tl.where(o_ok, 1.0, 0.0)[None, :]) != 0.0
         if OUTER_MEAN:
             gy = gy / CG
         # the channel's winners: the first tap reaching its max / min (NaN wins), -1 where none
