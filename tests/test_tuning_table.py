@@ -37,15 +37,6 @@ def test_saved_winners_run_the_first_register_config():
     assert not gluon_staged.is_staged(got) and got == cands[0] == gluon.CONFIGS[6]
 
 
-def test_saved_winners_run_the_first_staged_config_of_one_slice(lc_settings):
-    lc_settings(gluon_staged_winners=True)
-    cands = _cands(64, save_aux=True)
-    assert all(c.k_slices == 1 for c in cands if gluon_staged.is_staged(c))  # slices would split a step
-    for rows, og in ((16 * 56 * 56, 64), (16 * 14 * 14, 256)):  # a full grid, a small one (no slices here)
-        got = gluon.default_config(cands, rows, og, 1, False, H100_SMS)
-        assert gluon_staged.is_staged(got) and got == cands[0] == gluon.CONFIGS[0]
-
-
 def test_every_candidate_list_gets_one_of_its_own():
     for cg in (2, 3, 8, 64, 96, 512):
         for save in (False, True):

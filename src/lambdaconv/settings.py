@@ -19,7 +19,6 @@ be changed for a block of code (tests, sweeps) with `override`:
 | gluon_bwd | LAMBDACONV_GLUON_BWD | "auto" | Gluon backward kernels: "auto", "1" always, "0" never |
 | gluon_fwd_config | LAMBDACONV_GLUON_FWD_CONFIG | None | for every Gluon forward: an index into gluon.CONFIGS, or a config written out "64,64,4,..." |
 | gluon_fwd_maxnreg | LAMBDACONV_GLUON_FWD_MAXNREG | None | a register cap for every Gluon forward config |
-| gluon_staged_winners | LAMBDACONV_GLUON_STAGED_WINNERS | False | max / min training forwards (saved winners) on the shared-memory-staged Gluon kernel too, not only the register kernel |
 | gluon_sgn | LAMBDACONV_GLUON_SGN | "1" | predicated sign accumulation: "1" both gradients, "0" neither, "x" / "w" one |
 | gluon_gx_bk | LAMBDACONV_GLUON_GX_BK | None | out channels per thread and step of the Gluon input gradient |
 | gluon_gx_maxnreg | LAMBDACONV_GLUON_GX_MAXNREG | None | register cap of the Gluon input gradient ("0": none) |
@@ -47,7 +46,6 @@ _ENV = {  # field -> environment variable (the table above)
     "cache_dir": "CACHE", "tune": "TRITON_TUNE", "triton_config": "TRITON_CONFIG", "triton_gw": "TRITON_GW",
     "fast_launch": "FAST_LAUNCH", "gluon": "GLUON", "gluon_bwd": "GLUON_BWD",
     "gluon_fwd_config": "GLUON_FWD_CONFIG", "gluon_fwd_maxnreg": "GLUON_FWD_MAXNREG", "gluon_sgn": "GLUON_SGN",
-    "gluon_staged_winners": "GLUON_STAGED_WINNERS",
     "gluon_gx_bk": "GLUON_GX_BK", "gluon_gx_maxnreg": "GLUON_GX_MAXNREG", "gluon_gw_maxnreg": "GLUON_GW_MAXNREG",
     "gluon_gw_tile": "GLUON_GW_TILE", "gluon_gw_u": "GLUON_GW_U", "gluon_gw_per_sm": "GLUON_GW_PER_SM",
     "tile_elements": "TILE_ELEMENTS", "tile_elements_gpu": "TILE_ELEMENTS_GPU",
@@ -67,7 +65,6 @@ class Settings:
     gluon_fwd_config: Optional[str] = None
     gluon_fwd_maxnreg: Optional[int] = None
     gluon_sgn: str = "1"
-    gluon_staged_winners: bool = False
     gluon_gx_bk: Optional[int] = None
     gluon_gx_maxnreg: Optional[str] = None
     gluon_gw_maxnreg: Optional[str] = None

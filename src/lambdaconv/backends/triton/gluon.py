@@ -343,7 +343,7 @@ CONFIGS = [
     StagedConfig(32, 64, 8, 4, 8, 8, 4, 1, 2, 1),
     StagedConfig(64, 64, 8, 8, 8, 8, 4, 1, 2, 1),
     StagedConfig(32, 32, 8, 4, 4, 8, 4, 1, 2, 2),
-    # the register kernel
+    # the register kernel (never staged winners): the first of these is the default for saved winners
     RegisterConfig(64, 64, 8, 4, 8, 4, 8, 4, 1, 0),
     RegisterConfig(128, 64, 8, 4, 8, 4, 8, 8, 1, 1),
     RegisterConfig(128, 64, 4, 4, 8, 4, 8, 8, 1, 2),
@@ -361,11 +361,10 @@ FWD_MAXNREG: dict = {StagedConfig(64, 64, 16, 4, 8, 8, 4, 2, 2, 1): 80}
 
 
 def keeps_winners(cfg) -> bool:
-    """Whether cfg may run where max/min save their winning taps: the register kernel's tap-major
-    configs (K_MODE 0-2; channel-major 3 would break ties differently) and, under
-    settings.gluon_staged_winners, the staged kernel's configs of one K slice (its steps are
-    tap-major; slices would split a step's channels)."""
-    return cfg[-1] < 3 or settings.get().gluon_staged_winners and gluon_staged.is_staged(cfg) and cfg[9] == 1
+    """Whether the tuner may use cfg where max/min save their winning taps: the register kernel's
+    tap-major configs (K_MODE 0-2; channel-major 3 would break ties differently, the staged kernel
+    keeps none)."""
+    return cfg[-1] < 3
 
 
 @settings.on_change
@@ -470,11 +469,8 @@ def default_config(cands: list, rows: int, og: int, groups: int, half: bool, sms
     - a grid of the first candidate with fewer than 4 programs per SM: the first config with K
       slices (more warps per program; 0.243 -> 0.164 ms at N16 C256 O256 14x14);
     - otherwise the first candidate (the best staged config at N16 C64 O64 56x56; where max / min
-      save winners, the first register-kernel config, or the first staged one under
-      settings.gluon_staged_winners)."""
+      save winners, the first register-kernel config)."""
     first = cands[0]
-    if len(cands) == 1:
-        return first
     quad = [c for c in cands if c[:2] == HALF_CONFIG[:2] and c[3:] == HALF_CONFIG[3:]]  # BLOCK_K as fitted
     if half and quad:
         return quad[0]

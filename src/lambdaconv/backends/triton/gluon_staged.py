@@ -38,7 +38,7 @@ def _fwd_staged(
 $W_ARGS
     bias_ptr,  # (O,) added after the reduction, read only when HAS_BIAS
     y_ptr,  # output (N, O, OD, OH, OW), contiguous, in the output dtype
-    aux_ptr,  # SAVE_AUX (max/min, KS == 1): int32 (N, O, OD, OH, OW), the winning tap c * T + t
+    aux_ptr,  # unused (no saved winners here; the argument list is the register kernel's)
     n_rows,  # N * OD * OH * OW
 $GEOMETRY
     HAS_BIAS: gl.constexpr, SAVE_AUX: gl.constexpr,
@@ -113,7 +113,6 @@ $INIT
 $W_NEXT
         xb = xs.index(s % 2)
 $W_BUF
-$STEP_BEGIN
         for k in gl.static_range(BLOCK_K):
             xv = xb.slice(k, 1, 1).permute([0, 2, 1]).load(LA).to(CT)  # [KS, BLOCK_M, 1]: k's column of x
 $W_READ
@@ -121,58 +120,16 @@ $OP_CODE
             v = $OP_OUT
 $COMBINE
 $STEP_END
-$WIN_STEP
         xs.index((s + 1) % 2).store(a_nxt)
 $W_STORE
         $BARRIER
 $FINISH
     LC: gl.constexpr = gl.SliceLayout(0, LA)
 $OUTPUT_TILE
-$WINNER
     if HAS_BIAS:
         res += gl.expand_dims(gl.load(bias_ptr + g * OG + offs_nc, mask=offs_nc < OG, other=0.0).to(gl.float32), 0)
     gl.store(y_ptr + y_off, res.to(y_ptr.dtype.element_ty), mask=mask)
 '''
-
-# max/min with SAVE_AUX (KS == 1): as gluon.py's register kernel, the K loop keeps per output the
-# first step whose BLOCK_K taps reached a new best (strictly better, a NaN once): a compare and a
-# select per output and step, not per tap. The steps run tap-major, channels ascending (step s:
-# tap s // NC, channels (s % NC) * BLOCK_K...), so the epilogue finds the winner inside the step
-# by recomputing its BLOCK_K taps with the same code (masked loads: zero padding as in the loop),
-# the first channel whose value equals the result: the portable kernel's winner and its index.
-WIN_INIT = "    win = gl.zeros([KS, BLOCK_M, BLOCK_N], gl.int32, LA)"
-STEP_BEGIN = "        acc_prev = acc"
-WIN_STEP = """\
-        if SAVE_AUX:
-            # acc is acc_prev or past it, and a NaN stays: changed, and not NaN before
-            better = (acc != acc_prev) & (acc_prev == acc_prev)
-            win = gl.where(better, s, win)"""
-WINNER = '''\
-    if SAVE_AUX:
-        acc_w = gl.sum(acc, axis=0)  # KS == 1: the accumulators as they are (before finish's negation)
-        win_w = gl.sum(win, axis=0)
-        wt = win_w // NC
-        wc = (win_w % NC) * BLOCK_K
-        wc6 = _wide(wc, I64)
-        m_e = gl.minimum(offs_mc, n_rows - 1)
-        p_e = m_e % P
-        ed = gl.expand_dims((p_e // (OH * OW)) * SD - PD, 1) + (wt // (KH * KW)) * DD
-        eh = gl.expand_dims(((p_e // OW) % OH) * SH - PH, 1) + ((wt // KW) % KH) * DH
-        ew = gl.expand_dims((p_e % OW) * SW - PW, 1) + (wt % KW) * DW
-        ok_e = (ed >= 0) & (ed < ID) & (eh >= 0) & (eh < IH) & (ew >= 0) & (ew < IW)
-        xr = gl.expand_dims((m_e // P).to(gl.int64) * (C * S) + g * (CG * S), 1) + (ed * (IH * IW) + eh * IW + ew)
-        w_e = g * (CG * T * OG) + _wide(wt, I64) * OG + gl.expand_dims(gl.minimum(offs_nc, OG - 1), 0)
-        idx = gl.full([BLOCK_M, BLOCK_N], -1, gl.int32, LC)
-        for k in range(BLOCK_K):  # not unrolled: once per tile, and 16 taps' gathers at once took 255 registers
-            xv = gl.load(x_ptr + (xr + (wc6 + k) * S), mask=ok_e, other=0.0).to(CT)
-$W_EPI
-$OP_CODE
-            v = $OP_OUT
-            hit = (v == acc_w) | ((v != v) & (acc_w != acc_w))
-            idx = gl.where(hit & (idx < 0), (wc + k) * T + wt, idx)
-        idx = gl.where(idx < 0, wc * T + wt, idx)  # unreachable when the recomputation is exact
-        gl.store(aux_ptr + y_off, idx, mask=mask)'''
-W_EPI = "w_{i} = gl.load(w{i}_ptr + (w_e + (wc6 + k) * (T * OG))).to(CT)"
 
 # a reduction's code here: reductions.StagedCode
 # half-precision sums: a K step's BLOCK_K taps summed in half precision (packed, two per
@@ -188,8 +145,6 @@ def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: s
     init, combine, step_end, finish = rec.code["gluon_staged"]
     if rec.linear and compute != "tl.float32":
         combine, step_end = HALF_SUM
-    select = rec.backward == "select"
-    winner = fill(WINNER, W_EPI=lines(W_EPI, names, 12), OP_CODE=_indent(code, 12), OP_OUT=op_out) if select else ""
     barrier = "gl.barrier()" if hasattr(gl, "barrier") else "gl.thread_barrier()"  # renamed after triton 3.6
     return fill(KERNEL, BARRIER=barrier, OUTPUT_TILE=OUTPUT_TILE.rstrip("\n"),
                 W_ARGS=lines("    w{i}_ptr,  # weight {name!r}, (G, CG * T, OG)", names), GEOMETRY=geometry,
@@ -200,9 +155,7 @@ def source(names, reduce: str, compute: str, code: str, op_out: str, geometry: s
                 W_BUF=lines("w{i}b = w{i}s.index(s % 2)", names, 8),
                 W_READ=lines("w_{i} = w{i}b.slice(k, 1, 1).load(LA).to(CT)", names, 12),
                 W_STORE=lines("w{i}s.index((s + 1) % 2).store(w{i}_nxt)", names, 8),
-                STEP_END=step_end, INIT=init + ("\n" + WIN_INIT if select else ""), WINNER=winner,
-                STEP_BEGIN=STEP_BEGIN if select else "",
-                WIN_STEP=WIN_STEP if select else "", FINISH=finish + finish_extra, COMPUTE=compute.replace("tl.", "gl."),
+                STEP_END=step_end, INIT=init, FINISH=finish + finish_extra, COMPUTE=compute.replace("tl.", "gl."),
                 OP_CODE=_indent(code, 12), OP_OUT=op_out, COMBINE=_indent(combine, 12))
 
 
