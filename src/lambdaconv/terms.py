@@ -369,16 +369,11 @@ def _constant(t: Term, ws: dict, g, ct, device) -> torch.Tensor:
     v = evaluate(t.spec.expr, torch.zeros((), dtype=ct, device=device), w, dtype=ct)
     v = v.expand((o, cg) + g.kernel).reshape(o, 1, cg, k)
     ignore = g.padding_mode == "ignore" and any(lo or hi for lo, hi in g.pad)
+    if ignore:
+        pats, inv = torch.unique(valid_taps(g, v.device).t(), dim=0, return_inverse=True)  # (U, K), (P,)
+    else:
+        pats, inv = torch.ones((1, k), dtype=torch.bool, device=v.device), None
     r = t.reduce if isinstance(t.reduce, tuple) else (t.reduce,)
-    if not ignore:  # every window holds every tap: one reduction per filter
-        def count(c):  # a device scalar (a host-to-device copy would break CUDA-graph capture)
-            return torch.full((), c, dtype=ct, device=device)
-        if len(r) == 2:
-            out = reductions.get(r[1]).reference(reductions.get(r[0]).reference(v[:, 0], -1, count(k)), -1, count(cg))
-        else:
-            out = reductions.get(r[0]).reference(v.reshape(o, cg * k), -1, count(cg * k))
-        return out.reshape((1, g.groups, o // g.groups) + (1,) * g.dims)
-    pats, inv = torch.unique(valid_taps(g, v.device).t(), dim=0, return_inverse=True)  # (U, K), (P,)
     taps = torch.where(pats[None, :, None, :], v, reductions.get(r[0]).identity)  # (O, U, Cg, K)
     n = pats.sum(1)
     if len(r) == 2:
@@ -386,6 +381,8 @@ def _constant(t: Term, ws: dict, g, ct, device) -> torch.Tensor:
         out = reductions.get(r[1]).reference(per_c, -1, torch.full((), cg, device=v.device))
     else:
         out = reductions.get(r[0]).reference(taps.flatten(2), -1, n * cg)  # (O, U)
+    if inv is None:
+        return out.reshape((1, g.groups, o // g.groups) + (1,) * g.dims)
     return out[:, inv].reshape((1, g.groups, o // g.groups) + g.out_size)
 
 

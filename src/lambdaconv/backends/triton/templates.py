@@ -65,22 +65,7 @@ import triton
 import triton.language as tl
 ''' + INDEX_HELPERS
 
-# The forward's rows and out channels of one program (BLOCK_M x BLOCK_N), and one tap t's input
-# position and bounds: shared by the forward and the fused two-level kernels (twolevel_kernel.py)
-FWD_ROWS = '''\
-    pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < n_rows
-    o_ok = offs_o < OG
-    n = offs_m // P
-    p = offs_m % P
-    od = p // (OH * OW)
-    oh = (p // OW) % OH
-    ow = p % OW
-    x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
-    w_base = g * (CG * T * OG) + offs_o
-'''
+# one tap t's input position for the rows (od, oh, ow): the forward's and the fused two-level kernels'
 TAP_POS = '''\
         kd = t // (KH * KW)
         kh = (t // KW) % KH
@@ -88,10 +73,6 @@ TAP_POS = '''\
         id_ = od * SD + kd * DD - PD
         ih = oh * SH + kh * DH - PH
         iw = ow * SW + kw * DW - PW
-'''  # tap t's input position for the rows (od, oh, ow)
-FWD_TAP = TAP_POS + '''\
-        ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-        okf = tl.where(ok, 1.0, 0.0)
 '''
 
 FORWARD = '''
@@ -113,10 +94,24 @@ $GEOMETRY
     P: tl.constexpr = OD * OH * OW
     S: tl.constexpr = ID * IH * IW
     CT: tl.constexpr = $COMPUTE  # float32; fp16/bf16 only for ops exact in them (see kernels.py)
-''' + FWD_ROWS + '''    cnt = tl.zeros([BLOCK_M], tl.float32)  # taps in the window (mean under "ignore")
+    pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < n_rows
+    o_ok = offs_o < OG
+    n = offs_m // P
+    p = offs_m % P
+    od = p // (OH * OW)
+    oh = (p // OW) % OH
+    ow = p % OW
+    x_base = n.to(tl.int64) * (C * S) + g * (CG * S)
+    w_base = g * (CG * T * OG) + offs_o
+    cnt = tl.zeros([BLOCK_M], tl.float32)  # taps in the window (mean under "ignore")
 $INIT
     for t in range(T):
-''' + FWD_TAP + '''        cnt += okf
+''' + TAP_POS + '''        ok = m_ok & (id_ >= 0) & (id_ < ID) & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        okf = tl.where(ok, 1.0, 0.0)
+        cnt += okf
         x_off = x_base + (id_ * (IH * IW) + ih * IW + iw)
         for c in tl.range(CG, loop_unroll_factor=UNROLL):  # unrolled: loads issued ahead of the math
             xv = tl.load(x_ptr + x_off + _wide(c, I64) * S, mask=ok, other=0.0).to(CT)[:, None]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from textwrap import indent
 
 import torch
+import triton
 
 from ... import reductions
 from ...geometry import Geometry, pad_input
@@ -57,10 +58,12 @@ _ROWS = """\
     w_base = g * (CG * T * OG) + oc
     y_off = n.to(tl.int64)[:, None] * (O * P) + (g * OG + offs_o)[None, :] * P + p[:, None]
     mask = m_ok[:, None] & o_ok[None, :]"""
-_PROLOGUE = """\
+_SIZES = """\
+    CT: tl.constexpr = tl.float32
     T: tl.constexpr = KD * KH * KW
     P: tl.constexpr = OD * OH * OW
-    S: tl.constexpr = ID * IH * IW
+    S: tl.constexpr = ID * IH * IW"""
+_PROLOGUE = _SIZES + """
     pid_m, pid_n, g = _pid3(tl.cdiv(n_rows, BLOCK_M), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -124,7 +127,6 @@ $GEOMETRY
     OUTER_MEAN: tl.constexpr,  # the outer reduction is mean (else sum)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    CT: tl.constexpr = tl.float32
 $PROLOGUE
     res = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for c in range(CG):
@@ -156,10 +158,7 @@ $GEOMETRY
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     T_P: tl.constexpr,  # the taps T rounded up to a power of two (the weight-gradient sums' rows)
 ):
-    CT: tl.constexpr = tl.float32
-    T: tl.constexpr = KD * KH * KW
-    P: tl.constexpr = OD * OH * OW
-    S: tl.constexpr = ID * IH * IW
+$SIZES
     pid_r, pid_n, gc = _pid3(tl.cdiv(n_rows, chunk), (OG + BLOCK_N - 1) // BLOCK_N, FOLD, I64)
     g = gc // CG
     c = gc % CG
@@ -209,7 +208,7 @@ def source(spec, inner: str, need_w: tuple) -> str:
     parts = spec.partials()
     wanted = [parts[0]] + [pt for pt, k in zip(parts[1:], need_w) if k]
     dcode, douts = emit(wanted, "xv", wv, 12, prefix="_d")
-    hooks = dict(GEOMETRY=T.GEOMETRY.rstrip("\n"), PROLOGUE=_PROLOGUE, ROWS=indent(_ROWS, "    "), W_ARGS=lines(W_ARG, names),
+    hooks = dict(GEOMETRY=T.GEOMETRY.rstrip("\n"), PROLOGUE=_PROLOGUE, SIZES=_SIZES, ROWS=indent(_ROWS, "    "), W_ARGS=lines(W_ARG, names),
                  TAP=fill(_TAP, W_LOADS=lines(W_LOAD, names)), OP_CODE=code, OP_OUT=out, IDENTITY=ident)
     atomics = [ATOMIC_X.format(out=douts[0])]
     atomics += [SUM_W.format(i=i, out=o) for i, o in enumerate(douts[1:])]
@@ -245,11 +244,16 @@ def module(spec, inner: str, need_w: tuple, interp: bool):
 FWD_BLOCK, BWD_BLOCK, INTERP_BLOCK = (32, 32, 4), (64, 16, 2), (16, 16, 1)
 
 
+def _block(which: tuple, g: Geometry, interp: bool) -> tuple:
+    """(BLOCK_M, BLOCK_N, warps): the kernel's, BLOCK_N no wider than the group's out channels need."""
+    bm, bn, warps = INTERP_BLOCK if interp else which
+    return bm, min(bn, max(1, 1 << max(0, (g.cout_per_group - 1).bit_length()))), warps
+
+
 def _launch(fn, args, k, g: Geometry, interp: bool, **kw) -> None:
-    bm, bn, warps = INTERP_BLOCK if interp else FWD_BLOCK
-    bn = min(bn, max(1, 1 << max(0, (g.cout_per_group - 1).bit_length())))
+    bm, bn, warps = _block(FWD_BLOCK, g, interp)
     rows = g.batch * g.positions
-    grid = tuning.fold((triton_cdiv(rows, bm), triton_cdiv(g.cout_per_group, bn), g.groups), k["FOLD"])
+    grid = tuning.fold((triton.cdiv(rows, bm), triton.cdiv(g.cout_per_group, bn), g.groups), k["FOLD"])
     fn[grid](*args, rows, **k, **kw, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
 
 
@@ -261,20 +265,15 @@ def chunk_tiles(tiles: int, o_blocks: int, chans: int, sms: int) -> int:
 def _launch_bwd(fn, args, k, g: Geometry, interp: bool, device, **kw) -> None:
     """The backward's grid: (row chunks, out-channel blocks, groups x channels per group), each
     program R row tiles long, R as large as keeps about 8 programs per SM (at most 64 tiles)."""
-    bm, bn, warps = INTERP_BLOCK if interp else BWD_BLOCK
-    bn = min(bn, max(1, 1 << max(0, (g.cout_per_group - 1).bit_length())))
+    bm, bn, warps = _block(BWD_BLOCK, g, interp)
     rows = g.batch * g.positions
-    tiles, nob, chans = triton_cdiv(rows, bm), triton_cdiv(g.cout_per_group, bn), g.groups * g.cin_per_group
+    tiles, nob, chans = triton.cdiv(rows, bm), triton.cdiv(g.cout_per_group, bn), g.groups * g.cin_per_group
     sms = 1 if interp else tuning.sm_count(device)  # interpreted (tests): chunks of several tiles
     r = chunk_tiles(tiles, nob, chans, sms)
     fold = k["FOLD"] or chans > 65535 or nob > 65535
-    grid = tuning.fold((triton_cdiv(rows, r * bm), nob, chans), fold)
+    grid = tuning.fold((triton.cdiv(rows, r * bm), nob, chans), fold)
     fn[grid](*args, rows, r * bm, **dict(k, FOLD=fold), **kw, BLOCK_M=bm, BLOCK_N=bn,
              T_P=1 << max(0, (g.taps - 1).bit_length()), num_warps=warps)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def _prepare(g: Geometry, wts) -> tuple:
