@@ -196,3 +196,44 @@ def test_a_warm_cache_loads_the_kept_module_without_compiling(lc_settings, tmp_p
     lc_settings(cache_dir=str(tmp_path), cpu_compile="1")
     monkeypatch.setattr(ind_compile, "_COMPILED", {})
     assert torch.allclose(lc.conv2d(x, "adder", w, padding=1, backend="inductor"), want)
+
+
+SHARED = "exp(A*x) * (B + exp(A*x))"  # a heavy term read twice: Inductor would store it per tap
+
+
+def _shared_case():
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    ws = {n: (0.3 * torch.randn(4, 3, 3, 3, dtype=torch.float64)).requires_grad_() for n in "AB"}
+    return x, ws
+
+
+def test_shared_heavy_terms_are_not_materialized(lc_settings, monkeypatch):
+    """The taps (here 3888 values) stay in the loops: no buffer above the budget (twice the largest
+    input or output plus one tile, shrunk here to 16 elements), forward and backward exact."""
+    lc_settings(tile_elements=16)
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    monkeypatch.setattr(inductor, "_warned", [])
+    x, ws = _shared_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the tiled path
+        check_backend("inductor", 2, x, SHARED, ws, None, padding=1)
+
+
+def test_a_graph_that_would_materialize_the_taps_runs_tiled(lc_settings, monkeypatch):
+    lc_settings(tile_elements=16)
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})
+    monkeypatch.setattr(inductor, "_warned", [])
+    monkeypatch.setattr(ind_compile, "unshare", lambda gm, budget: None)  # Inductor's choice left alone
+    x, ws = _shared_case()
+    with pytest.warns(RuntimeWarning, match="would materialize"):
+        y = lc.conv2d(x, SHARED, ws, padding=1, backend="inductor")
+    assert torch.allclose(y, lc.conv2d(x, SHARED, ws, padding=1, backend="reference"))
+
+
+def test_check_buffers_reads_every_allocation(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("buf0 = empty_strided_cpu((2, 3), (3, 1), torch.float32)\n"
+                   "buf1 = empty_strided_cpu((4, 8, 16), (128, 16, 1), torch.float32)\n")
+    ind_compile.check_buffers(str(src), 512)
+    with pytest.raises(ind_compile.Unavailable, match="512 elements"):
+        ind_compile.check_buffers(str(src), 511)

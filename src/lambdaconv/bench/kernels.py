@@ -55,7 +55,7 @@ def main(argv=None) -> list:
     p.add_argument("--op", default="adder", help="a preset or op string[:reduce] (default adder)")
     p.add_argument("--shape", default="N16C64O64H56k3")
     p.add_argument("--dtype", default="float32", choices=list(study.DTYPES))
-    p.add_argument("--fwd-only", action="store_true", help="the forward under no_grad")
+    p.add_argument("--fwd-only", action="store_true", help="the forward under no_grad (weights requiring grad, as parameters do)")
     p.add_argument("--settings", action="append", default=[], metavar="NAME=V,...",
                    help="lambdaconv.settings to profile under (repeatable; default: as they are)")
     p.add_argument("--top", type=int, default=8, help="kernels per setting in the table")
@@ -68,8 +68,11 @@ def main(argv=None) -> list:
     dtype = study.DTYPES[args.dtype]
     x, ws = methods.make_inputs(case, shape, device, dtype)
     gy = torch.randn(shape.n, shape.o, *shape.out_hw, device=device, dtype=dtype)
-    for t in [x, *ws.values()]:
-        t.requires_grad_(not args.fwd_only)
+    # Under --fwd-only the weights still require grad, as a module's parameters do under no_grad:
+    # the inference path a user runs, not a bare-tensor call.
+    x.requires_grad_(not args.fwd_only)
+    for t in ws.values():
+        t.requires_grad_(True)
     call = _call(case, shape, x, ws, gy, args.fwd_only)
     if args.ncu:
         for _ in range(3):

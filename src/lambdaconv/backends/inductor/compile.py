@@ -12,11 +12,22 @@ A warm process does not go through Inductor's compile path at all: warm.py keeps
 graph, the path of the module Inductor wrote, and loads it directly (importing Inductor's compiler
 and hashing the graph for its cache cost more than a second).
 
+Inductor materializes a pointwise value it judges costly to recompute (a reused exp, tanh or
+sigmoid, a long expression): for our graphs that value is the taps, (N, *out, O, *K, C) elements,
+the blow-up this path exists to avoid. So the traced graph is first rewritten to give every
+taps-sized value one user (`unshare`: a copy per further user, which Inductor's common-
+subexpression elimination inside the fused loop folds back into one evaluation), Inductor's
+realize thresholds are raised for these compiles, and the compiled module is checked: a buffer
+above the budget (`check_buffers`) makes this graph unavailable, so it runs on the tiled path
+rather than with unbounded memory.
+
 If Inductor cannot compile here (no C++ compiler, a torch without it), `Unavailable` is raised with
 the reason; the backend then warns once and runs the tiled path.
 """
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
 
@@ -29,6 +40,11 @@ _COMPILED: dict = {}
 _MAX = 256  # compiled graphs kept per process (each holds a loaded shared library)
 _failed: list = []  # the reason Inductor could not compile, once it failed
 _lock = threading.Lock()
+_MAX_NODES = 20000  # a graph that unsharing would grow past this is not compiled (tiled path)
+# Inductor's thresholds for materializing an expression: raised, so the taps stay in registers.
+# (Bounded: a huge inline expression can overflow the recursion of Inductor's own evaluation.)
+_REALIZE = {"realize_opcount_threshold": 2000, "realize_acc_reads_threshold": 2000,
+            "realize_cpu_opcount_threshold": 2000, "realize_cpu_acc_reads_threshold": 2000}
 
 
 class Unavailable(RuntimeError):
@@ -97,15 +113,74 @@ def _build(fn, args: list):
             # Inductor's decompositions at trace time: the graph is what its lowering takes, and
             # compile_fx_inner compiles it directly (no second trace through AOT autograd)
             gm = make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode="fake")(*fake)
+    budget = _budget(gm, args)
+    unshare(gm, budget)
     key = warm.graph_key(gm, args)
-    call = warm.load(key)
+    call = warm.load(key, lambda path: check_buffers(path, budget))
     if call is None:
         from torch._inductor.compile_fx import compile_fx_inner
-        with torch._guards.tracing(torch._guards.TracingContext(mode)), warm.config():
+        with torch._guards.tracing(torch._guards.TracingContext(mode)), warm.config(_realize()):
             inner = compile_fx_inner(gm, fake)
+        check_buffers(inner.current_callable.__code__.co_filename, budget)
         warm.keep(key, gm, inner)
         call = inner
     return lambda *a: call(list(a))
+
+
+def _numel(v) -> int:
+    return math.prod(v.shape) if isinstance(v, torch.Tensor) else 0
+
+
+def _budget(gm, args: list) -> int:
+    """Elements a buffer of the compiled graph may hold: twice the largest input or output, plus
+    one tile. The taps (out-channels x kernel taps times an input) lie far above."""
+    from ... import settings
+    outs = [a for n in gm.graph.nodes if n.op == "output" for a in torch.fx.node.map_arg(n.args, lambda a: [a])]
+    io = [_numel(a) for a in args] + [_numel(o.meta.get("val")) for o in _flat(outs)]
+    return 2 * max(io, default=0) + settings.get().tile_elements
+
+
+def _flat(xs):
+    for v in xs:
+        if isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        elif isinstance(v, torch.fx.Node):
+            yield v
+
+
+def unshare(gm, budget: int) -> None:
+    """Give every computed value of more than `budget` elements one user, copying it (and, in turn,
+    its inputs) for each further user. Raises Unavailable past _MAX_NODES nodes."""
+    graph = gm.graph
+    for node in reversed(list(graph.nodes)):
+        if node.op != "call_function" or len(node.users) < 2 or _numel(node.meta.get("val")) <= budget:
+            continue
+        for user in list(node.users)[1:]:
+            with graph.inserting_before(user):
+                copy = graph.node_copy(node)
+            user.replace_input_with(node, copy)
+        if len(graph.nodes) > _MAX_NODES:
+            raise Unavailable(f"the op's expression grows past {_MAX_NODES} nodes when its shared terms are "
+                              f"unshared (to keep the taps out of memory)")
+    gm.recompile()
+
+
+_BUFFER = re.compile(r"empty_strided_cpu\(\(([0-9, ]*)\)")
+
+
+def check_buffers(path: str, budget: int) -> None:
+    """Raise Unavailable if the compiled module at `path` allocates a buffer above `budget` elements."""
+    with open(path) as fh:
+        src = fh.read()
+    for dims in _BUFFER.findall(src):
+        n = math.prod(int(d) for d in dims.replace(" ", "").split(",") if d)
+        if n > budget:
+            raise Unavailable(f"Inductor would materialize {n} elements (budget {budget}): the op's taps")
+
+
+def _realize() -> dict:
+    import torch._inductor.config as inductor_config
+    return {k: v for k, v in _REALIZE.items() if hasattr(inductor_config, k)}
 
 
 def clear() -> None:

@@ -66,13 +66,13 @@ def _isa_patch() -> dict:
         return {}
 
 
-def config():
+def config(extra: dict | None = None):
     """A context with the Inductor config every compile and load runs under (the same on a machine:
-    it is part of the key of Inductor's graph cache)."""
+    it is part of the key of Inductor's graph cache), plus `extra`."""
     import torch._inductor.config as inductor_config
     if not _ISA:
         _ISA.append(_isa_patch())
-    return inductor_config.patch(_ISA[0])
+    return inductor_config.patch({**_ISA[0], **(extra or {})})
 
 
 def graph_key(gm, args) -> str:
@@ -93,12 +93,15 @@ def keep(key: str, gm, inner) -> None:
         pass
 
 
-def load(key: str):
-    """The `call(list_of_tensors)` of a recorded module, or None (then compile)."""
+def load(key: str, check=None):
+    """The `call(list_of_tensors)` of a recorded module, or None (then compile). `check(path)` runs
+    on the module's source path first (and may raise)."""
     rec = _read(os.path.join(_dir(), key + ".json"))
     if not (isinstance(rec, list) and len(rec) == 2 and all(isinstance(v, str) for v in rec)
             and os.path.isfile(rec[1])):
         return None
+    if check is not None:
+        check(rec[1])
     try:
         from torch._inductor.codecache import PyCodeCache
         with config():
