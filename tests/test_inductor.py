@@ -237,3 +237,9 @@ def test_check_buffers_reads_every_allocation(tmp_path):
     ind_compile.check_buffers(str(src), 512)
     with pytest.raises(ind_compile.Unavailable, match="512 elements"):
         ind_compile.check_buffers(str(src), 511)
+
+
+def test_float32_tanh_through_the_cheaper_form():
+    d, size, k, cin, cout, kw = GEOMS[0]
+    x, ws, b = _case("tanh(x*A+B)", d, size, k, cin, cout, kw, False, dtype=torch.float32)
+    check_backend("inductor", d, x, "tanh(x*A+B)", ws, b, reduce="sum", **kw)

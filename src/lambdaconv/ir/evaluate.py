@@ -21,10 +21,12 @@ def evaluate(e: Expr, x: torch.Tensor, weights: dict, *, dtype=None, device=None
 
 
 def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, device=None, arena=None,
-                  scalars: bool = False):
+                  scalars: bool = False, fns: dict | None = None):
     """Evaluate several expressions sharing one memo (partials reuse the forward's nodes).
     scalars: constants stay Python floats where an op also takes a tensor (graphs that a compiler
-    traces: x ** 2.0 then lowers to x * x, where a 0-d tensor exponent is a general pow)."""
+    traces: x ** 2.0 then lowers to x * x, where a 0-d tensor exponent is a general pow).
+    fns: with scalars, op name -> a function used instead of the op's torch function (a compiled
+    path's cheaper form of a transcendental op)."""
     dtype = dtype or x.dtype
     device = device or x.device
     memo = {}
@@ -41,7 +43,7 @@ def evaluate_many(exprs: list, x: torch.Tensor, weights: dict, *, dtype=None, de
                 v = float(n.value) if scalars else _const(n.value, arena, dtype, device)
             else:
                 args = [memo[a] for a in n.args]
-                v = _apply_scalars(n, args, dtype, device) if scalars else _apply(n, args, arena, dtype, device)
+                v = _apply_scalars(n, args, dtype, device, fns) if scalars else _apply(n, args, arena, dtype, device)
             memo[n] = v
         out.append(memo[e])
     return out
@@ -70,12 +72,13 @@ def _apply(n: Expr, args: list, arena, dtype, device):
     return spec.torch(*args, out=buf)
 
 
-def _apply_scalars(n: Expr, args: list, dtype, device):
+def _apply_scalars(n: Expr, args: list, dtype, device, fns=None):
     """_apply with Python-float constants, as 0-d tensors where the torch function takes none
     (torch.maximum, or an op of constants only)."""
+    fn = (fns or {}).get(n.op, OPS[n.op].torch)
     if any(isinstance(a, torch.Tensor) for a in args):
         try:
-            return OPS[n.op].torch(*args)
+            return fn(*args)
         except TypeError:
             pass
-    return OPS[n.op].torch(*[a if isinstance(a, torch.Tensor) else _const(a, None, dtype, device) for a in args])
+    return fn(*[a if isinstance(a, torch.Tensor) else _const(a, None, dtype, device) for a in args])

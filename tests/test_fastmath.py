@@ -1,0 +1,33 @@
+"""The compiled CPU path's cheaper tanh against float64 tanh: ulps over a dense float32 grid."""
+import numpy as np
+import torch
+
+from lambdaconv.backends.inductor import fastmath
+
+
+def _ulps(got: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    ref = torch.tanh(z.double())
+    ulp = torch.from_numpy(np.spacing(ref.abs().float().numpy())).double()
+    return (got.double() - ref).abs() / ulp
+
+
+def test_tanh_within_a_few_ulps_everywhere():
+    tiny = torch.logspace(-38, 1.2, 200001)
+    z = torch.cat([torch.linspace(-12, 12, 2000001), tiny, -tiny,
+                   torch.tensor([fastmath._BREAK, -fastmath._BREAK, np.nextafter(fastmath._BREAK, 0)])]).float()
+    err = _ulps(fastmath.tanh(z), z)
+    assert err.max().item() <= 1.5, f"max error {err.max().item():.3f} ulp at z = {z[err.argmax()].item()}"
+
+
+def test_tanh_special_values():
+    z = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 30.0, -30.0, 1e-30])
+    got = fastmath.tanh(z)
+    assert got[:2].tolist() == [0.0, 0.0] and torch.signbit(got[1]) and not torch.signbit(got[0])
+    assert got[2:4].tolist() == [1.0, -1.0] and got[4].isnan()
+    assert got[5:7].tolist() == [1.0, -1.0] and got[7].item() == np.float32(1e-30)
+
+
+def test_only_float32_and_half_graphs_use_it():
+    assert fastmath.for_dtype(torch.float32)["tanh"] is fastmath.tanh
+    assert fastmath.for_dtype(torch.bfloat16) and fastmath.for_dtype(torch.float16)
+    assert fastmath.for_dtype(torch.float64) == {}
