@@ -243,3 +243,15 @@ def test_float32_tanh_through_the_cheaper_form():
     d, size, k, cin, cout, kw = GEOMS[0]
     x, ws, b = _case("tanh(x*A+B)", d, size, k, cin, cout, kw, False, dtype=torch.float32)
     check_backend("inductor", d, x, "tanh(x*A+B)", ws, b, reduce="sum", **kw)
+
+
+def test_tanh_gradient_has_no_cancellation_near_saturation():
+    """The compiled backward takes tanh's derivative as 4e / (1 + e)^2, e = exp(-2|z|): where
+    tanh(z) rounds near +-1 in float32, 1 - tanh(z)^2 would lose the gradient (7e-4 relative at 5)."""
+    x = torch.linspace(3.0, 8.0, 2 * 1 * 6 * 6).reshape(2, 1, 6, 6).requires_grad_()
+    ws = {"A": torch.ones(1, 1, 1, 1, requires_grad=True), "B": torch.zeros(1, 1, 1, 1, requires_grad=True)}
+    got = torch.autograd.grad(lc.conv2d(x, "tanh(x*A+B)", ws, backend="inductor").sum(), [x, *ws.values()])
+    x64, w64 = x.detach().double().requires_grad_(), {k: v.detach().double().requires_grad_() for k, v in ws.items()}
+    want = torch.autograd.grad(lc.conv2d(x64, "tanh(x*A+B)", w64, backend="reference").sum(), [x64, *w64.values()])
+    for g, w in zip(got, want):
+        assert ((g.double() - w).abs() / w.abs()).max() < 1e-5

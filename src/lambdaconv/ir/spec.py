@@ -37,10 +37,11 @@ class OpSpec:
     # exact one (with_grad); empty: the exact derivatives
     grad: tuple = ()
 
-    def partials(self) -> tuple:
-        """(d op/dx, d op/dw for each weight), shared across calls; grad= overrides in place."""
+    def partials(self, rules: tuple = ()) -> tuple:
+        """(d op/dx, d op/dw for each weight), shared across calls; grad= overrides in place.
+        rules: a target's forms of some ops' partials (ir.grad.partials)."""
         wrt = (("input", "x"),) + tuple(("weight", w) for w in self.weight_names)
-        exact = partials(self.expr, wrt)
+        exact = partials(self.expr, wrt, rules)
         if not self.grad:
             return exact
         over = dict(self.grad)

@@ -13,10 +13,20 @@ P's coefficients are a weighted least-squares fit of (tanh(z)/z - 1)/z^2 on z^2 
 ulp (Sleef's: 1 ulp); tanh(+-0) = +-0, tanh(+-inf) = +-1, nan stays nan (tests/test_fastmath.py).
 Only for float32 (and the half types, which compute in float32): float64 keeps torch.tanh, whose
 accuracy this polynomial does not reach.
+
+The backward passes need tanh's derivative, which the IR writes as 1 - tanh(z)^2: a tanh per tap
+again, and in float32 a cancellation wherever tanh(z) is near +-1 (relative error 7e-4 at z = 5,
+0 instead of 6e-8 at z = 9). PARTIALS gives the compiled graphs the same derivative as
+
+    sech(z)^2 = 4e / (1 + e)^2,  e = exp(-2|z|)
+
+one exp and four operations, with no cancellation anywhere (every dtype).
 """
 from __future__ import annotations
 
 import torch
+
+from ...ir.expr import node
 
 _BREAK = 0.8
 _P = (-0.3333329478952728, 0.13332169835151625, -0.05384888232128612, 0.021292638210418526,
@@ -36,6 +46,15 @@ def tanh(z: torch.Tensor) -> torch.Tensor:
 
 
 FNS = {"tanh": tanh}
+
+
+def _sech2(args, out):
+    e = node("exp", node("mul", -2.0, node("abs", args[0])))
+    one_e = node("add", 1.0, e)
+    return (node("div", node("mul", 4.0, e), node("mul", one_e, one_e)),)
+
+
+PARTIALS = (("tanh", _sech2),)  # ir.grad.partials rules: op name -> its partial in this form
 
 
 def for_dtype(dtype: torch.dtype) -> dict:

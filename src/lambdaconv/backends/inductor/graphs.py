@@ -28,7 +28,7 @@ import torch
 
 from ...geometry import Geometry
 from ...ir import evaluate_many
-from .fastmath import for_dtype
+from .fastmath import PARTIALS, for_dtype
 
 
 def _strides(size: tuple, inner: int) -> list:
@@ -148,7 +148,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
     """fn(x, *weights, *flipped weights, gy, gz, mz[, mask][, y, yz]) -> [grad of the padded input
     (N, C, *Sp) or None] + [grad of each weight as (O, CG, *K), or None]; gy, gz, mz, y, yz as the
     module docstring (softmax: y is logsumexp's output before bias)."""
-    parts = spec.partials()
+    parts = spec.partials(PARTIALS)
     soft = rec.backward == "softmax"
     nw = len(names)
 
