@@ -27,10 +27,13 @@ def test_tanh_special_values():
     assert got[5:7].tolist() == [1.0, -1.0] and got[7].item() == np.float32(1e-30)
 
 
-def test_only_float32_and_half_graphs_use_it():
-    assert fastmath.for_dtype(torch.float32)["tanh"] is fastmath.tanh
-    assert fastmath.for_dtype(torch.bfloat16) and fastmath.for_dtype(torch.float16)
-    assert fastmath.for_dtype(torch.float64) == {}
+def test_only_float32_graphs_without_nested_tanh_use_it():
+    from lambdaconv.ir import resolve_op
+    e = resolve_op("tanh(A*x+B) * sigmoid(x)").expr
+    assert fastmath.for_expr(e, torch.float32)["tanh"] is fastmath.tanh
+    assert fastmath.for_expr(e, torch.bfloat16) and fastmath.for_expr(e, torch.float16)
+    assert fastmath.for_expr(e, torch.float64) == {}
+    assert fastmath.for_expr(resolve_op("tanh(A*tanh(x*B))").expr, torch.float32) == {}
 
 
 def test_tanh_partial_rule_is_the_same_derivative():

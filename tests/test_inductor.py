@@ -115,7 +115,7 @@ def test_auto_compiles_only_calls_large_enough(lc_settings):
 
 
 def test_falls_back_to_tiled_with_one_warning(monkeypatch):
-    def no_compiler(fn, args):
+    def no_compiler(fn, args, taps=1):
         raise OSError("no C++ compiler")
     monkeypatch.setattr(ind_compile, "_build", no_compiler)
     monkeypatch.setattr(ind_compile, "_COMPILED", {})
@@ -150,7 +150,7 @@ def test_torch_compile_of_a_model_with_compiled_layers(lc_settings):
 
 
 def test_a_graph_that_does_not_compile_runs_tiled(monkeypatch):
-    def lowering_bug(fn, args):
+    def lowering_bug(fn, args, taps=1):
         raise RuntimeError("cannot lower this op")
     monkeypatch.setattr(ind_compile, "_build", lowering_bug)
     monkeypatch.setattr(ind_compile, "_COMPILED", {})
@@ -202,14 +202,15 @@ SHARED = "exp(A*x) * (B + exp(A*x))"  # a heavy term read twice: Inductor would 
 
 
 def _shared_case():
-    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-    ws = {n: (0.3 * torch.randn(4, 3, 3, 3, dtype=torch.float64)).requires_grad_() for n in "AB"}
+    x = torch.randn(1, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    ws = {n: (0.1 * torch.randn(16, 16, 3, 3, dtype=torch.float64)).requires_grad_() for n in "AB"}
     return x, ws
 
 
 def test_shared_heavy_terms_are_not_materialized(lc_settings, monkeypatch):
-    """The taps (here 3888 values) stay in the loops: no buffer above the budget (twice the largest
-    input or output plus one tile, shrunk here to 16 elements), forward and backward exact."""
+    """The taps (here 82944 values) stay in the loops: no buffer above the budget (twice the largest
+    input or output times the kernel's taps plus one tile, the tile shrunk here to 16 elements:
+    28816), forward and backward exact."""
     lc_settings(tile_elements=16)
     monkeypatch.setattr(ind_compile, "_COMPILED", {})
     monkeypatch.setattr(inductor, "_warned", [])
@@ -232,17 +233,31 @@ def test_a_graph_that_would_materialize_the_taps_runs_tiled(lc_settings, monkeyp
 
 def test_check_buffers_reads_every_allocation(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("buf0 = empty_strided_cpu((2, 3), (3, 1), torch.float32)\n"
-                   "buf1 = empty_strided_cpu((4, 8, 16), (128, 16, 1), torch.float32)\n")
+    src.write_text("def call(args):\n"
+                   "    buf0 = empty_strided_cpu((2, 3), (3, 1), torch.float32)\n"
+                   "    buf1 = empty_strided_cpu((4, 8, 16), (128, 16, 1), torch.float32)\n")
     ind_compile.check_buffers(str(src), 512)
     with pytest.raises(ind_compile.Unavailable, match="512 elements"):
         ind_compile.check_buffers(str(src), 511)
+    for text in ("def call(args):\n    return ()\n",  # nothing it can read: refused
+                 "buf0 = empty_strided_cpu((2, 3), (3, 1), torch.float32)\n",
+                 "def call(args):\n    buf0 = empty_strided((s0, 3), (3, 1), torch.float32)\n"):
+        src.write_text(text)
+        with pytest.raises(ind_compile.Unavailable):
+            ind_compile.check_buffers(str(src), 10 ** 9)
 
 
-def test_float32_tanh_through_the_cheaper_form():
+def test_float32_tanh_through_the_cheaper_form(monkeypatch):
+    from lambdaconv.backends.inductor import fastmath
+    used = []
+    monkeypatch.setitem(fastmath.FNS, "tanh", lambda z: used.append(z.shape) or fastmath.tanh(z))
+    monkeypatch.setattr(ind_compile, "_COMPILED", {})  # traced again, so the form is seen in use
     d, size, k, cin, cout, kw = GEOMS[0]
     x, ws, b = _case("tanh(x*A+B)", d, size, k, cin, cout, kw, False, dtype=torch.float32)
-    check_backend("inductor", d, x, "tanh(x*A+B)", ws, b, reduce="sum", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled, not the tiled fallback
+        check_backend("inductor", d, x, "tanh(x*A+B)", ws, b, reduce="sum", **kw)
+    assert used, "the compiled graphs did not evaluate tanh through fastmath"
 
 
 def test_tanh_gradient_has_no_cancellation_near_saturation():
@@ -255,3 +270,17 @@ def test_tanh_gradient_has_no_cancellation_near_saturation():
     want = torch.autograd.grad(lc.conv2d(x64, "tanh(x*A+B)", w64, backend="reference").sum(), [x64, *w64.values()])
     for g, w in zip(got, want):
         assert ((g.double() - w).abs() / w.abs()).max() < 1e-5
+
+
+def test_a_kept_module_over_the_budget_is_not_loaded(lc_settings, tmp_path):
+    """A record kept before the budget existed (or under other thresholds) is compiled again."""
+    import json
+    from lambdaconv.backends.inductor import warm
+    lc_settings(cache_dir=str(tmp_path))
+    mod = tmp_path / "big.py"
+    mod.write_text("def call(args):\n    buf0 = empty_strided_cpu((64, 1024), (1024, 1), torch.float32)\n")
+    (tmp_path / "inductor").mkdir()
+    (tmp_path / "inductor" / "k.json").write_text(json.dumps(["key", str(mod)]))
+    seen = []
+    assert warm.load("k", lambda p: seen.append(p) or ind_compile._fits(p, 1000)) is None
+    assert seen == [str(mod)] and ind_compile._fits(str(mod), 65536)

@@ -94,7 +94,7 @@ class InductorConv(torch.autograd.Function):
                 count = float(g.cin_per_group * g.taps)
         key = ("fwd", spec.expr, reduce, g, ct, winner, names)
         fwd = _compile.compiled(key, forward_fn(spec, rec, s, names, masked, count, winner), args,
-                                _what(spec, reduce, g, "forward", ct))
+                                _what(spec, reduce, g, "forward", ct), taps=g.taps)
         bwd = None
         if grad and rec.backward != "select":  # compiled now: a failure falls back before anything ran
             bwd = _backward_graph(spec, rec, s, g, names, masked, need_x, need_w, ct, x.device, xcl, wcl)
@@ -138,7 +138,7 @@ def _backward_graph(spec, rec, s, g, names, masked, need_x, need_w, ct, device, 
         ex += [per_out, per_t]  # y and its zero-inserted copy
     key = ("bwd", spec.expr, spec.grad, rec.name, g, ct, need_x, need_w, names)
     return _compile.compiled(key, backward_fn(spec, rec, s, names, masked, need_x, need_w), ex,
-                             _what(spec, rec.name, g, "backward", ct))
+                             _what(spec, rec.name, g, "backward", ct), taps=g.taps)
 
 
 def _dense_backward(ctx, spec, rec, g, names, xp, wts, gy, y, ct):

@@ -40,7 +40,7 @@ _COMPILED: dict = {}
 _MAX = 256  # compiled graphs kept per process (each holds a loaded shared library)
 _failed: list = []  # the reason Inductor could not compile, once it failed
 _lock = threading.Lock()
-_MAX_NODES = 20000  # a graph that unsharing would grow past this is not compiled (tiled path)
+_MAX_NODES = 3000  # a graph that unsharing grows past this is not compiled (tiled path): ours have < 1000
 # Inductor's thresholds for materializing an expression: raised, so the taps stay in registers.
 # (Bounded: a huge inline expression can overflow the recursion of Inductor's own evaluation.)
 _REALIZE = {"realize_opcount_threshold": 2000, "realize_acc_reads_threshold": 2000,
@@ -56,9 +56,10 @@ def failed() -> str | None:
     return _failed[0] if _failed else None
 
 
-def compiled(key, fn, args: list, what: str):
+def compiled(key, fn, args: list, what: str, taps: int = 1):
     """fn compiled for tensors shaped and strided like `args` (a list), cached under `key`. The
-    compiled callable takes the tensors positionally and returns a list."""
+    compiled callable takes the tensors positionally and returns a list. `taps`: the kernel's taps
+    per window, which scale the buffer budget (_budget)."""
     hit = _COMPILED.get(key)
     if hit is not None:
         if isinstance(hit, Unavailable):
@@ -71,7 +72,7 @@ def compiled(key, fn, args: list, what: str):
         if hit is None:
             try:
                 with compiling(f"{what} with Inductor"):
-                    hit = _build(fn, args)
+                    hit = _build(fn, args, taps)
             except Exception as err:
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
                 if _is_environment(err):  # nothing will compile here
@@ -94,7 +95,7 @@ def _is_environment(err: Exception) -> bool:
             or "compiler" in text.lower() and ("not found" in text.lower() or "no such file" in text.lower()))
 
 
-def _build(fn, args: list):
+def _build(fn, args: list, taps: int = 1):
     import torch._guards
     from torch._inductor.decomposition import select_decomp_table
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -113,10 +114,10 @@ def _build(fn, args: list):
             # Inductor's decompositions at trace time: the graph is what its lowering takes, and
             # compile_fx_inner compiles it directly (no second trace through AOT autograd)
             gm = make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode="fake")(*fake)
-    budget = _budget(gm, args)
+    budget = _budget(gm, args, taps)
     unshare(gm, budget)
     key = warm.graph_key(gm, args)
-    call = warm.load(key, lambda path: check_buffers(path, budget))
+    call = warm.load(key, lambda path: _fits(path, budget))  # a record that does not fit: compiled again
     if call is None:
         from torch._inductor.compile_fx import compile_fx_inner
         with torch._guards.tracing(torch._guards.TracingContext(mode)), warm.config(_realize()):
@@ -131,13 +132,15 @@ def _numel(v) -> int:
     return math.prod(v.shape) if isinstance(v, torch.Tensor) else 0
 
 
-def _budget(gm, args: list) -> int:
-    """Elements a buffer of the compiled graph may hold: twice the largest input or output, plus
-    one tile. The taps (out-channels x kernel taps times an input) lie far above."""
+def _budget(gm, args: list, taps: int) -> int:
+    """Elements a buffer of the compiled graph may hold: twice the largest input or output times
+    the kernel's taps, plus one tile. A value that does not depend on the filter (tanh(x) at each
+    window tap, which Inductor may store once rather than evaluate per out-channel) stays under it;
+    the taps of every filter (out-channels x kernel taps x in-channels per output) lie far above."""
     from ... import settings
     outs = [a for n in gm.graph.nodes if n.op == "output" for a in torch.fx.node.map_arg(n.args, lambda a: [a])]
     io = [_numel(a) for a in args] + [_numel(o.meta.get("val")) for o in _flat(outs)]
-    return 2 * max(io, default=0) + settings.get().tile_elements
+    return 2 * taps * max(io, default=0) + settings.get().tile_elements
 
 
 def _flat(xs):
@@ -153,7 +156,8 @@ def unshare(gm, budget: int) -> None:
     its inputs) for each further user. Raises Unavailable past _MAX_NODES nodes."""
     graph = gm.graph
     for node in reversed(list(graph.nodes)):
-        if node.op != "call_function" or len(node.users) < 2 or _numel(node.meta.get("val")) <= budget:
+        if (node.op != "call_function" or len(node.users) < 2 or _numel(node.meta.get("val")) <= budget
+                or node.is_impure()):  # a random or mutating op is one value: never copied
             continue
         for user in list(node.users)[1:]:
             with graph.inserting_before(user):
@@ -165,17 +169,33 @@ def unshare(gm, budget: int) -> None:
     gm.recompile()
 
 
-_BUFFER = re.compile(r"empty_strided_cpu\(\(([0-9, ]*)\)")
+_BUFFER = re.compile(r"empty_strided(?:_cpu)?\(\(([^()]*)\)")
 
 
 def check_buffers(path: str, budget: int) -> None:
-    """Raise Unavailable if the compiled module at `path` allocates a buffer above `budget` elements."""
+    """Raise Unavailable if the compiled module at `path` allocates a buffer above `budget` elements.
+    Fails closed: a module whose allocations it cannot read (no `call`, none found, a size that
+    is not a number) is refused too."""
     with open(path) as fh:
         src = fh.read()
-    for dims in _BUFFER.findall(src):
-        n = math.prod(int(d) for d in dims.replace(" ", "").split(",") if d)
+    found = _BUFFER.findall(src)
+    if "def call(" not in src or not found:
+        raise Unavailable(f"cannot read the compiled module's buffers ({path})")
+    for dims in found:
+        parts = [d for d in dims.replace(" ", "").split(",") if d]
+        if not all(d.isdigit() for d in parts):
+            raise Unavailable(f"a buffer of the compiled module has a size that is not a number: ({dims})")
+        n = math.prod(int(d) for d in parts)
         if n > budget:
             raise Unavailable(f"Inductor would materialize {n} elements (budget {budget}): the op's taps")
+
+
+def _fits(path: str, budget: int) -> bool:
+    try:
+        check_buffers(path, budget)
+        return True
+    except Unavailable:
+        return False
 
 
 def _realize() -> dict:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ...ir.expr import node
+from ...ir.expr import node, topo_order
 
 _BREAK = 0.8
 _P = (-0.3333329478952728, 0.13332169835151625, -0.05384888232128612, 0.021292638210418526,
@@ -57,6 +57,14 @@ def _sech2(args, out):
 PARTIALS = (("tanh", _sech2),)  # ir.grad.partials rules: op name -> its partial in this form
 
 
-def for_dtype(dtype: torch.dtype) -> dict:
-    """The IR ops to evaluate with these forms in graphs of `dtype` (op name -> function)."""
-    return FNS if dtype in (torch.float32, torch.float16, torch.bfloat16) else {}
+def for_expr(e, dtype: torch.dtype) -> dict:
+    """The IR ops to evaluate with these forms in graphs of `dtype` computing `e` (op name ->
+    function). The form reads its argument four times, and compile.unshare copies a taps-sized
+    argument per read: a tanh inside another tanh's argument would grow the graph four-fold per
+    level, so such an op keeps torch.tanh."""
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return {}
+    for n in topo_order(e):
+        if n.op == "tanh" and any(m.op == "tanh" for m in topo_order(n.args[0])):
+            return {}
+    return FNS

@@ -28,7 +28,7 @@ import torch
 
 from ...geometry import Geometry
 from ...ir import evaluate_many
-from .fastmath import PARTIALS, for_dtype
+from .fastmath import PARTIALS, for_expr
 
 
 def _strides(size: tuple, inner: int) -> list:
@@ -117,7 +117,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
         ws = dict(zip(names, (s.weight(w) for w in rest[:len(names)])))
         extra = list(rest[len(names):])
         xw = s.x_window(x)
-        (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_dtype(x.dtype))
+        (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
         t = _full(t, s.full_out)
         mask = extra.pop(0) if masked else None
         if masked:
@@ -131,7 +131,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
             v = rec.reference(t, red, None)
         out = [s.to_output(v)]
         if winner:  # the taps again, as new nodes (see backward_fn)
-            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_dtype(x.dtype))
+            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
             t = _full(t, s.full_out)
             if masked:
                 t = torch.where(s.mask_window(mask), t, rec.identity)
@@ -161,7 +161,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
         if need_x:
             ws = dict(zip(names, (s.weight(w) for w in flips)))
             xv = s.x_point(x)
-            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True, fns=for_dtype(x.dtype))
+            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
             sc = s.gz_window(gz)
             if soft:
                 sc = sc * torch.exp(vals[1] - s.gz_window(yz))
@@ -178,7 +178,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
                 # each reduction its own nodes: a node two reductions read would be realized
                 # (the whole taps tensor); apart, Inductor fuses the reductions into one loop
                 # nest and its CSE evaluates their shared subexpressions once
-                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True, fns=for_dtype(x.dtype))
+                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
                 sc = s.per_output(gy)
                 if soft:
                     sc = sc * torch.exp(vals[1] - s.per_output(y))

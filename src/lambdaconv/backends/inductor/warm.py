@@ -94,14 +94,14 @@ def keep(key: str, gm, inner) -> None:
 
 
 def load(key: str, check=None):
-    """The `call(list_of_tensors)` of a recorded module, or None (then compile). `check(path)` runs
-    on the module's source path first (and may raise)."""
+    """The `call(list_of_tensors)` of a recorded module, or None (then compile). `check(path)`
+    runs on the module's source path first: False skips the record."""
     rec = _read(os.path.join(_dir(), key + ".json"))
     if not (isinstance(rec, list) and len(rec) == 2 and all(isinstance(v, str) for v in rec)
             and os.path.isfile(rec[1])):
         return None
-    if check is not None:
-        check(rec[1])
+    if check is not None and not check(rec[1]):
+        return None
     try:
         from torch._inductor.codecache import PyCodeCache
         with config():
