@@ -138,17 +138,9 @@ def _budget(gm, args: list, taps: int) -> int:
     window tap, which Inductor may store once rather than evaluate per out-channel) stays under it;
     the taps of every filter (out-channels x kernel taps x in-channels per output) lie far above."""
     from ... import settings
-    outs = [a for n in gm.graph.nodes if n.op == "output" for a in torch.fx.node.map_arg(n.args, lambda a: [a])]
-    io = [_numel(a) for a in args] + [_numel(o.meta.get("val")) for o in _flat(outs)]
+    outs = [o for n in gm.graph.nodes if n.op == "output" for o in n.all_input_nodes]
+    io = [_numel(a) for a in args] + [_numel(o.meta.get("val")) for o in outs]
     return 2 * taps * max(io, default=0) + settings.get().tile_elements
-
-
-def _flat(xs):
-    for v in xs:
-        if isinstance(v, (list, tuple)):
-            yield from _flat(v)
-        elif isinstance(v, torch.fx.Node):
-            yield v
 
 
 def unshare(gm, budget: int) -> None:

@@ -116,8 +116,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
     def fn(x, *rest):
         ws = dict(zip(names, (s.weight(w) for w in rest[:len(names)])))
         extra = list(rest[len(names):])
-        xw = s.x_window(x)
-        (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
+        (t,) = evaluate_many([spec.expr], s.x_window(x), ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
         t = _full(t, s.full_out)
         mask = extra.pop(0) if masked else None
         if masked:
@@ -130,11 +129,7 @@ def forward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, count, winner: 
         else:
             v = rec.reference(t, red, None)
         out = [s.to_output(v)]
-        if winner:  # the taps again, as new nodes (see backward_fn)
-            (t,) = evaluate_many([spec.expr], xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
-            t = _full(t, s.full_out)
-            if masked:
-                t = torch.where(s.mask_window(mask), t, rec.identity)
+        if winner:  # the taps again (compile.unshare gives this pass its own copy of them)
             # t != t is isnan(t) as a vector compare (Inductor's C++ isnan is a scalar loop per vector)
             hit = (t == v.reshape(v.shape + (1,) * (s.d + 1))) | (t != t)
             big = s.cg * s.ktaps
@@ -153,6 +148,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
     nw = len(names)
 
     def fn(x, *rest):
+        fns = for_expr(spec.expr, x.dtype)
         wts, flips = rest[:nw], rest[nw:2 * nw]
         gy, gz, mz, *extra = rest[2 * nw:]
         mask = extra.pop(0) if masked else None
@@ -161,7 +157,7 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
         if need_x:
             ws = dict(zip(names, (s.weight(w) for w in flips)))
             xv = s.x_point(x)
-            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
+            vals = evaluate_many([parts[0]] + ([spec.expr] if soft else []), xv, ws, scalars=True, fns=fns)
             sc = s.gz_window(gz)
             if soft:
                 sc = sc * torch.exp(vals[1] - s.gz_window(yz))
@@ -170,19 +166,19 @@ def backward_fn(spec, rec, s: Shapes, names: tuple, masked: bool, need_x: bool, 
             out[0] = gx.reshape((s.n,) + s.sp + (s.c,)).movedim(-1, 1)
         if True in need_w:
             ws = dict(zip(names, (s.weight(w) for w in wts)))
-            xw = s.x_window(x)
-            for p, nd in zip(parts[1:], need_w):
+            # one evaluation for every weight's partial: compile.unshare gives each reduction its
+            # own copy of what they share, Inductor fuses the reductions into one loop nest, and
+            # its CSE evaluates the shared subexpressions once
+            vals = evaluate_many(list(parts[1:]) + ([spec.expr] if soft else []), s.x_window(x), ws, scalars=True,
+                                 fns=fns)
+            sc = s.per_output(gy)
+            if soft:
+                sc = sc * torch.exp(vals[-1] - s.per_output(y))
+            for p, nd in zip(vals, need_w):
                 if not nd:
                     out.append(None)
                     continue
-                # each reduction its own nodes: a node two reductions read would be realized
-                # (the whole taps tensor); apart, Inductor fuses the reductions into one loop
-                # nest and its CSE evaluates their shared subexpressions once
-                vals = evaluate_many([p] + ([spec.expr] if soft else []), xw, ws, scalars=True, fns=for_expr(spec.expr, x.dtype))
-                sc = s.per_output(gy)
-                if soft:
-                    sc = sc * torch.exp(vals[1] - s.per_output(y))
-                term = sc * vals[0]
+                term = sc * p
                 if masked:
                     term = torch.where(s.mask_window(mask), term, 0.0)
                 gw = _full(term, s.full_out).sum(s.red_w)  # (G, OG, *K, CG)
